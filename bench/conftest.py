@@ -1,0 +1,96 @@
+"""Benchmark settings and the same-run ratio report.
+
+Every benchmark records, in ``extra_info``, which implementation it runs
+(``impl``: ``ours`` or a peer) and how many input bytes one round handles
+(``bytes``).  At the end of the session each group is reported as ratios
+against ``ours`` measured in the same run, never as absolute times compared
+across runs.  Groups may also carry the C ceiling (zlib-ng alone, same
+pieces, same threads) and a target stated as "ours at least R times a peer".
+
+``pytest bench --benchmark-disable`` runs every benchmark once without
+timing (CI does this so the suites cannot rot); the report then says so.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _support import CEILINGS, TARGETS
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--ratios-json",
+        default=None,
+        help="also write the ratio report to this JSON file",
+    )
+
+
+def _rows(config: pytest.Config) -> dict[str, dict[str, dict[str, Any]]]:
+    session = getattr(config, "_benchmarksession", None)
+    groups: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    if session is None:
+        return groups
+    for bench in session.benchmarks:
+        if bench.stats is None or not bench.stats.rounds:
+            continue
+        impl = bench.extra_info.get("impl", bench.name)
+        groups[bench.group or bench.name][impl] = {
+            "seconds": bench.stats.median,
+            "bytes": bench.extra_info.get("bytes", 0),
+            **{k: v for k, v in bench.extra_info.items() if k not in ("impl",)},
+        }
+    return groups
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    groups = _rows(config)
+    write = terminalreporter.write_line
+    if not groups:
+        if config.getoption("benchmark_disable", False):
+            write("estargz ratios: timing disabled, nothing to report")
+        return
+    report: dict[str, Any] = {}
+    terminalreporter.section("estargz: same-run ratios (speed of ours / speed of peer)")
+    for group in sorted(groups):
+        impls = groups[group]
+        ours = impls.get("ours")
+        if ours is None:
+            continue
+        line = [f"{group}:"]
+        entry: dict[str, Any] = {"ours": ours}
+        if ours["bytes"]:
+            line.append(f"ours {ours['bytes'] / ours['seconds'] / 1e6:.1f} MB/s")
+        for impl, row in sorted(impls.items()):
+            if impl == "ours":
+                continue
+            ratio = row["seconds"] / ours["seconds"]
+            entry[impl] = {**row, "speed_ratio": ratio}
+            line.append(f"{impl} x{ratio:.2f}")
+        ceiling = CEILINGS.get(group)
+        if ceiling and ceiling["seconds"] and ours["bytes"]:
+            share = ceiling["seconds"] / ours["seconds"]
+            entry["ceiling"] = {**ceiling, "share": share}
+            line.append(f"| {share:.0%} of the zlib-ng C ceiling")
+        write("  ".join(line))
+        for peer, wanted, why in TARGETS.get(group, []):
+            if peer == "ceiling":
+                got = entry.get("ceiling", {}).get("share")
+            else:
+                got = entry.get(peer, {}).get("speed_ratio")
+            verdict = "n/a" if got is None else ("met" if got >= wanted else "MISSED")
+            shown = "?" if got is None else f"{got:.2f}"
+            reason = f" ({why})" if why else ""
+            write(f"    target: ours >= {wanted:g} x {peer}: {shown} {verdict}{reason}")
+            entry.setdefault("targets", []).append(
+                {"peer": peer, "wanted": wanted, "got": got, "verdict": verdict}
+            )
+        report[group] = entry
+    path = config.getoption("--ratios-json")
+    if path:
+        Path(path).write_text(json.dumps(report, indent=2, sort_keys=True))
+        write(f"ratio report written to {path}")

@@ -1,0 +1,44 @@
+"""The public API surface is pinned: a change here is a deliberate one."""
+
+from __future__ import annotations
+
+import estargz
+from estargz import errors
+
+PUBLIC = {
+    "BlobFormatError",
+    "ConversionError",
+    "EStargzError",
+    "GzipReader",
+    "InputError",
+    "MemberCompressor",
+    "MemberWriter",
+    "NativeError",
+    "RegistryError",
+    "Sha256",
+    "UnsafePathError",
+    "VerificationError",
+    "__version__",
+    "crc32",
+    "crc32_combine",
+    "inflate_member",
+    "inflate_stream",
+    "sha256_implementation",
+    "zlib_ng_version",
+}
+
+
+def test_all_lists_the_public_names() -> None:
+    assert set(estargz.__all__) == PUBLIC
+    for name in estargz.__all__:
+        assert hasattr(estargz, name), name
+
+
+def test_one_exception_tree() -> None:
+    for name in errors.__all__:
+        cls = getattr(errors, name)
+        assert issubclass(cls, estargz.EStargzError)
+    assert issubclass(estargz.NativeError, ValueError)
+    assert issubclass(estargz.RegistryError, OSError)
+    error = estargz.NativeError("boom", code=-3, offset=12)
+    assert (str(error), error.code, error.offset) == ("boom", -3, 12)

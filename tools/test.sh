@@ -8,9 +8,9 @@ cd "$REPO"
 
 build_packages
 # Go stargz 0.12 for the interop tests; registry and skopeo for image tests;
-# patchelf for auditwheel.
+
 apt_install golang-go golang-github-containerd-stargz-snapshotter-dev \
-    docker-registry skopeo patchelf
+    docker-registry skopeo
 make_venv "test,bench"
 
 log "building the Go harness"

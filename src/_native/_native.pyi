@@ -44,6 +44,15 @@ class MemberCompressor:
     def compress_segment(
         self, data: Buffer, dictionary: Optional[Buffer] = None, last: bool = False
     ) -> tuple[bytes, int]: ...
+    def compress_batch(
+        self,
+        data: Buffer,
+        begin: int,
+        ends: Buffer,
+        hash_spans: Buffer,
+        primed: Optional[Buffer] = None,
+        members: bool = True,
+    ) -> tuple[bytes, bytes, bytes, bytes]: ...
 
 @disjoint_base
 class MemberWriter:

@@ -402,6 +402,111 @@ cdef class MemberCompressor:
             self.busy = False
 
 
+    def compress_batch(self, const uint8_t[::1] data, Py_ssize_t begin,
+                       const uint64_t[::1] ends, const uint64_t[::1] hash_spans,
+                       const uint8_t[::1] primed=None, bint members=True):
+        """Compress many segments of ``data`` in one call, without the GIL.
+
+        Segment ``i`` is ``data[ends[i-1]:ends[i]]``, the first one starting
+        at ``begin`` (bytes before it may serve as a dictionary).  With
+        ``members`` each segment becomes a complete gzip member; otherwise a
+        raw deflate segment ending in a sync flush, primed with the 32 KiB
+        before it when ``primed[i]`` is non-zero (see
+        :meth:`compress_segment`).  ``hash_spans`` holds ``(start, end)``
+        pairs of ``data`` whose SHA-256 digests are wanted.
+
+        :returns: ``(compressed, compressed_ends, crcs, digests)``: the
+            output back to back, the end of each segment's output as native
+            uint64 values, each segment's CRC-32 as native uint32 values, and
+            32 bytes of digest per hash span
+        """
+        cdef size_t count = ends.shape[0]
+        cdef size_t spans = hash_spans.shape[0] // 2
+        cdef size_t total = data.shape[0]
+        cdef const uint8_t *base = &data[0] if total else NULL
+        cdef const uint8_t *flags = NULL
+        cdef uint64_t *out_ends = NULL
+        cdef uint32_t *crcs = NULL
+        cdef uint8_t *digests = NULL
+        cdef OutBuf out
+        cdef esgz_sha256 hasher
+        cdef size_t i, start, end, dict_start
+        cdef int status = 0
+        cdef int failed_at = -1
+        if hash_spans.shape[0] % 2:
+            raise ValueError("hash_spans must hold (start, end) pairs")
+        if primed is not None:
+            if primed.shape[0] != count:
+                raise ValueError("primed must have one flag per segment")
+            if count:
+                flags = &primed[0]
+        start = begin
+        for i in range(count):
+            if ends[i] < start or ends[i] > total:
+                raise ValueError(f"segment {i} ends at {ends[i]}, outside {start}..{total}")
+            start = ends[i]
+        for i in range(spans):
+            if hash_spans[2 * i] > hash_spans[2 * i + 1] or hash_spans[2 * i + 1] > total:
+                raise ValueError(f"hash span {i} is outside the data")
+        memset(&out, 0, sizeof(OutBuf))
+        out_ends = <uint64_t *>malloc(max(count, 1) * sizeof(uint64_t))
+        crcs = <uint32_t *>malloc(max(count, 1) * sizeof(uint32_t))
+        digests = <uint8_t *>malloc(max(spans, 1) * 32)
+        if out_ends == NULL or crcs == NULL or digests == NULL:
+            free(out_ends)
+            free(crcs)
+            free(digests)
+            raise MemoryError()
+        enter(&self.busy)
+        try:
+            with nogil:
+                start = begin
+                for i in range(count):
+                    end = ends[i]
+                    if members:
+                        status = compress_member(&self.strm, self.level, base + start,
+                                                 end - start, &out)
+                        crcs[i] = 0
+                    else:
+                        zng_deflateReset(&self.strm)
+                        if flags != NULL and flags[i] and start > 0:
+                            dict_start = start - 32768 if start > 32768 else 0
+                            status = zng_deflateSetDictionary(
+                                &self.strm, base + dict_start,
+                                <uint32_t>(start - dict_start))
+                        if status == 0:
+                            status = deflate_all(&self.strm, base + start, end - start,
+                                                 Z_SYNC_FLUSH, &out)
+                        crcs[i] = zng_crc32_z(0, base + start, end - start) \
+                            if end > start else 0
+                    if status:
+                        failed_at = <int>i
+                        break
+                    out_ends[i] = out.size
+                    start = end
+                if status == 0:
+                    for i in range(spans):
+                        esgz_sha256_init(&hasher)
+                        esgz_sha256_update(&hasher, base + hash_spans[2 * i],
+                                           hash_spans[2 * i + 1] - hash_spans[2 * i])
+                        esgz_sha256_digest(&hasher, digests + 32 * i)
+            if status:
+                raise make_error(status, f"compress segment {failed_at}", 0,
+                                 self.strm.msg)
+            return (
+                outbuf_to_bytes(&out),
+                PyBytes_FromStringAndSize(<char *>out_ends, count * sizeof(uint64_t)),
+                PyBytes_FromStringAndSize(<char *>crcs, count * sizeof(uint32_t)),
+                PyBytes_FromStringAndSize(<char *>digests, spans * 32),
+            )
+        finally:
+            self.busy = False
+            free(out.data)
+            free(out_ends)
+            free(crcs)
+            free(digests)
+
+
 cdef class MemberWriter:
     """Write one gzip member in pieces: :meth:`write` many times, then
     :meth:`finish`.  After :meth:`finish` the writer starts a new member.

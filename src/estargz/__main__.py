@@ -1,0 +1,7 @@
+"""``python -m estargz``: the command line."""
+
+import sys
+
+from estargz.cli import main
+
+sys.exit(main())

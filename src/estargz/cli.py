@@ -1,0 +1,202 @@
+"""The ``estargz`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Callable, Optional
+
+from estargz.errors import EStargzError
+
+log = logging.getLogger("estargz")
+
+
+def _size(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from exc
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _add_layer_options(parser: argparse.ArgumentParser) -> None:
+    """The per-layer options of ``ctr-remote``, under both spellings."""
+    parser.add_argument(
+        "--compression-level",
+        "--estargz-compression-level",
+        type=int,
+        default=9,
+        metavar="N",
+        help="gzip level 0-9 (default 9)",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        "--estargz-chunk-size",
+        type=_size,
+        default=0,
+        metavar="BYTES",
+        help="largest chunk of a file (default 0 = 4 MiB)",
+    )
+    parser.add_argument(
+        "--min-chunk-size",
+        "--estargz-min-chunk-size",
+        type=_size,
+        default=0,
+        metavar="BYTES",
+        help="compressed bytes a gzip member holds before the next starts; "
+        "above 0 several files share a member (default 0)",
+    )
+    parser.add_argument(
+        "--prioritized-files",
+        metavar="FILE",
+        help="paths to place first, one per line, or a ctr-remote record file",
+    )
+    parser.add_argument(
+        "--estargz-record-in",
+        metavar="FILE",
+        help="ctr-remote's record file; missing paths are allowed",
+    )
+    parser.add_argument(
+        "--allow-missing-prioritized",
+        action="store_true",
+        help="skip prioritized paths that are not in the layer",
+    )
+    parser.add_argument(
+        "--keep-diff-id",
+        "--estargz-keep-diff-id",
+        action="store_true",
+        help="keep the uncompressed bytes identical to the input (needs "
+        "--external-toc)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="compression threads (default: all CPUs)",
+    )
+
+
+def _prioritized(args: argparse.Namespace) -> tuple[list[str], bool]:
+    from estargz.writer import read_prioritized_files
+
+    paths: list[str] = []
+    allow = bool(args.allow_missing_prioritized)
+    if args.prioritized_files:
+        paths += read_prioritized_files(args.prioritized_files)
+    if args.estargz_record_in:
+        paths += read_prioritized_files(args.estargz_record_in)
+        allow = True
+    return paths, allow
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from estargz.writer import convert
+
+    paths, allow = _prioritized(args)
+    result = convert(
+        args.input,
+        args.output,
+        compression_level=args.compression_level,
+        chunk_size=args.chunk_size,
+        min_chunk_size=args.min_chunk_size,
+        prioritized_files=paths,
+        allow_missing_prioritized=allow,
+        external_toc=args.external_toc,
+        keep_diff_id=args.keep_diff_id,
+        threads=args.threads,
+    )
+    if args.json:
+        print(json.dumps(result.to_json()))
+        return 0
+    stream = sys.stderr if args.output == "-" else sys.stdout
+    where = "standard output" if args.output == "-" else args.output
+    print(
+        f"wrote {where}: {_human(result.blob_size)} blob, "
+        f"{_human(result.uncompressed_size)} uncompressed",
+        file=stream,
+    )
+    print(f"  TOC digest   {result.toc_digest}", file=stream)
+    print(f"  diffID       {result.diff_id}", file=stream)
+    print(f"  blob digest  {result.blob_digest}", file=stream)
+    if result.external_toc_digest:
+        print(
+            f"  external TOC {args.external_toc}: {result.external_toc_size} bytes, "
+            f"{result.external_toc_digest}",
+            file=stream,
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="estargz",
+        description="Convert container image layers to eStargz and read them back.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument("-q", "--quiet", action="store_true")
+    parser.add_argument("--version", action="store_true", help="print versions")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert a layer (tar, tar.gz, tar.zst) into an eStargz blob",
+        description="Convert a layer into an eStargz blob that Go stargz reads.",
+    )
+    convert.add_argument("input", metavar="IN", help="the layer, or - for standard input")
+    convert.add_argument("output", metavar="OUT", help="the blob, or - for standard output")
+    _add_layer_options(convert)
+    convert.add_argument(
+        "--external-toc",
+        "--estargz-external-toc",
+        metavar="TOC_OUT",
+        help="keep the TOC out of the blob; write it (gzip-compressed tar) here",
+    )
+    convert.add_argument("--json", action="store_true", help="print one JSON report")
+    convert.set_defaults(func=_cmd_convert)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * args.verbose
+    if args.quiet:
+        level = logging.ERROR
+    logging.basicConfig(level=level, format="estargz: %(levelname)s: %(message)s")
+    if args.version:
+        import estargz
+
+        print(f"estargz {estargz.__version__} (zlib-ng {estargz.zlib_ng_version()})")
+        return 0
+    func: Optional[Callable[[argparse.Namespace], int]] = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return func(args)
+    except EStargzError as exc:
+        print(f"estargz: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("estargz: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,872 @@
+"""Convert a container layer (tar, tar.gz or tar.zst) into an eStargz blob.
+
+How the blob is cut, and why its bytes do not depend on the thread count:
+
+The uncompressed stream is cut into *segments* in front of every chunk of
+file data, so each segment is a chunk followed by the padding and headers
+that come after it (the first segment holds the headers before the first
+chunk).  That is where Go's writer may start a new gzip member.  Segments
+are compressed on worker threads in batches, each from a fresh deflate
+state, so their bytes depend only on their content.  The main thread reads
+the input, hashes the stream (diffID), and afterwards decides which
+segments share a member, writes the members in order and fills in the TOC.
+
+* Without a minimum chunk size every chunk starts a member: a worker turns
+  each segment straight into a complete gzip member.
+* With a minimum chunk size (and for chunks larger than 4 MiB, which are
+  split into several segments) workers produce sync-flushed raw deflate
+  segments, primed with the 32 KiB before them so small files still compress
+  against their neighbours; the main thread then groups them into members
+  with Go's rule (a new member when the open one already holds
+  ``min_chunk_size`` compressed bytes) and joins each group with
+  ``crc32_combine``.  A primed segment that ends up first in its member is
+  compressed again without the dictionary before it is written.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Optional, Union
+
+from estargz import _native
+from estargz._format import (
+    DEFAULT_CHUNK_SIZE,
+    EXTERNAL_TOC_FOOTER,
+    LANDMARK_CONTENTS,
+    NO_PREFETCH_LANDMARK,
+    PREFETCH_LANDMARK,
+    TOC_TAR_NAME,
+    TOCRecord,
+    clean_name,
+    encode_toc,
+    footer,
+    format_modtime,
+    toc_tar,
+    ustar_header,
+)
+from estargz._tar import BLOCK, ByteSource, TarEntry, TarReader
+from estargz._util import AtomicOutput, PathLike, cpu_count
+from estargz.errors import ConversionError, EStargzError, InputError, NativeError
+
+__all__ = ["ConvertResult", "convert", "read_prioritized_files"]
+
+log = logging.getLogger(__name__)
+
+EMPTY_DIGEST = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+TYPES = {
+    b"0": "reg",
+    b"7": "reg",  # contiguous file: a regular file to every reader we know
+    b"1": "hardlink",
+    b"2": "symlink",
+    b"3": "char",
+    b"4": "block",
+    b"5": "dir",
+    b"6": "fifo",
+}
+# A batch handed to a worker holds at least this many uncompressed bytes.
+BATCH_BYTES = 1 << 20
+# Chunks above this size are compressed as several segments of one member.
+SEGMENT_LIMIT = 4 << 20
+# Segments below this size are primed with the 32 KiB before them.
+PRIME_LIMIT = 64 << 10
+DICTIONARY = 32 << 10
+
+Source = Union[PathLike, BinaryIO]
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """What a conversion produced.  Digests are ``sha256:<hex>`` strings."""
+
+    toc_digest: str
+    diff_id: str
+    blob_digest: str
+    blob_size: int
+    uncompressed_size: int
+    external_toc_digest: Optional[str] = None
+    external_toc_size: Optional[int] = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The report with the key names ``ctr-remote`` users know."""
+        report: dict[str, Any] = {
+            "tocDigest": self.toc_digest,
+            "diffID": self.diff_id,
+            "blobDigest": self.blob_digest,
+            "blobSize": self.blob_size,
+            "uncompressedSize": self.uncompressed_size,
+        }
+        if self.external_toc_digest is not None:
+            report["externalTOCDigest"] = self.external_toc_digest
+            report["externalTOCSize"] = self.external_toc_size
+        return report
+
+
+def _digest(hasher: _native.Sha256) -> str:
+    return "sha256:" + hasher.hexdigest()
+
+
+# -- input -------------------------------------------------------------------
+
+
+class _Counting(io.RawIOBase):
+    """Counts the compressed bytes read, so errors can name an offset."""
+
+    def __init__(self, stream: BinaryIO, head: bytes) -> None:
+        self._stream = stream
+        self._head = head
+        self.offset = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._head:
+            n = min(len(view), len(self._head))
+            view[:n] = self._head[:n]
+            self._head = self._head[n:]
+        else:
+            reader = getattr(self._stream, "readinto", None)
+            if reader is not None:
+                n = reader(view) or 0
+            else:
+                data = self._stream.read(len(view))
+                n = len(data)
+                view[:n] = data
+        self.offset += n
+        return n
+
+
+class _Inflating(io.RawIOBase):
+    """A decompressor as a raw stream, its errors turned into InputError."""
+
+    def __init__(self, reader: Any, counter: _Counting, kind: str) -> None:
+        self._reader = reader
+        self._counter = counter
+        self._kind = kind
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            return int(self._reader.readinto(buffer))
+        except NativeError as exc:
+            raise InputError(f"input: {exc}") from exc
+        except Exception as exc:
+            if type(exc).__name__ != "ZstdError":
+                raise
+            raise InputError(
+                f"input: corrupt zstd data near compressed offset "
+                f"{self._counter.offset}: {exc}"
+            ) from exc
+
+
+@dataclass
+class _Input:
+    stream: BinaryIO
+    kind: str  # "tar", "gzip" or "zstd"
+    seekable_tar: bool
+
+
+def _open_input(source: Source, stack: list[Any]) -> _Input:
+    if isinstance(source, (str, os.PathLike)):
+        if os.fspath(source) == "-":
+            raw: BinaryIO = sys.stdin.buffer
+        else:
+            try:
+                raw = open(source, "rb", buffering=1 << 20)  # noqa: SIM115
+            except OSError as exc:
+                raise InputError(f"cannot open input {os.fspath(source)!r}: {exc}") from exc
+            stack.append(raw)
+    else:
+        raw = source
+    head = b""
+    while len(head) < 4:
+        more = raw.read(4 - len(head))
+        if not more:
+            break
+        head += more
+    counter = _Counting(raw, head)
+    if head[:3] == b"\x1f\x8b\x08":
+        reader: Any = _native.GzipReader(io.BufferedReader(counter, 1 << 20))
+        stream = io.BufferedReader(_Inflating(reader, counter, "gzip"), 1 << 20)
+        return _Input(stream, "gzip", False)  # type: ignore[arg-type]
+    if head == b"\x28\xb5\x2f\xfd":
+        try:
+            import zstandard
+        except ImportError as exc:
+            raise InputError("input is zstd-compressed: pip install zstandard") from exc
+        reader = zstandard.ZstdDecompressor().stream_reader(counter, read_across_frames=True)
+        stream = io.BufferedReader(_Inflating(reader, counter, "zstd"), 1 << 20)
+        return _Input(stream, "zstd", False)  # type: ignore[arg-type]
+    seekable = False
+    try:
+        seekable = raw.seekable() and raw.tell() == len(head)
+    except (OSError, ValueError):
+        seekable = False
+    if seekable:
+        raw.seek(0)
+        return _Input(raw, "tar", True)
+    return _Input(io.BufferedReader(counter, 1 << 20), "tar", False)  # type: ignore[arg-type]
+
+
+def read_prioritized_files(path: PathLike) -> list[str]:
+    """Paths from a prioritized-files list: one path per line, or the JSON
+    record stream that ``ctr-remote optimize --record-out`` writes (its
+    ``path`` fields, first occurrence kept)."""
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except OSError as exc:
+        raise InputError(f"cannot read prioritized files {os.fspath(path)!r}: {exc}") from exc
+    paths: list[str] = []
+    if text.lstrip().startswith("{"):
+        decoder = json.JSONDecoder()
+        position = 0
+        while True:
+            while position < len(text) and text[position].isspace():
+                position += 1
+            if position >= len(text):
+                break
+            try:
+                record, position = decoder.raw_decode(text, position)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{os.fspath(path)}: bad record: {exc}") from exc
+            if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+                raise InputError(f"{os.fspath(path)}: a record has no 'path' string")
+            paths.append(record["path"])
+    else:
+        paths = [line for line in text.splitlines() if line.strip()]
+    seen: set[str] = set()
+    unique = []
+    for p in paths:
+        if p not in seen:
+            seen.add(p)
+            unique.append(p)
+    return unique
+
+
+# -- compression pipeline ----------------------------------------------------
+
+_START, _CHUNK, _CONTINUATION = 0, 1, 2
+
+
+class _Segments:
+    """Segment metadata of one batch."""
+
+    __slots__ = ("kinds", "landmarks", "records", "span_records")
+
+    def __init__(self) -> None:
+        self.kinds: list[int] = []
+        self.records: list[Optional[TOCRecord]] = []
+        self.landmarks: list[bool] = []
+        self.span_records: list[TOCRecord] = []
+
+
+class _BlobBuilder:
+    """Compresses the uncompressed stream into gzip members (see the module
+    docstring) and writes them, in order, to ``out``."""
+
+    def __init__(
+        self, out: BinaryIO, level: int, min_chunk_size: int, threads: int, joined: bool
+    ) -> None:
+        self.out = out
+        self.level = level
+        self.min_chunk_size = min_chunk_size
+        self.joined = joined  # segments joined into members (else one each)
+        self.threads = threads
+        self.diff_hash = _native.Sha256()
+        self.blob_hash = _native.Sha256()
+        self.blob_size = 0
+        self.uncompressed_size = 0
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="estargz")
+        self._inflight: collections.deque[tuple[Future[tuple[bytes, bytes, bytes, bytes]], Any]] = (
+            collections.deque()
+        )
+        self._main = _native.MemberCompressor(level)
+        self._new_batch(b"")
+        # The member being assembled (joined mode).
+        self._member_open = False
+        self._member_offset = 0
+        self._member_crc = 0
+        self._member_usize = 0
+        self._member_csize = 0
+
+    # producer side ----------------------------------------------------------
+
+    def _new_batch(self, history: bytes) -> None:
+        self._buf = bytearray(history)
+        self._begin = len(history)
+        self._ends = array("Q")
+        self._spans = array("Q")
+        self._meta = _Segments()
+        self._meta.kinds.append(_START)
+        self._meta.records.append(None)
+        self._meta.landmarks.append(False)
+        self._seg_start = len(history)
+
+    def append(self, data: bytes) -> None:
+        """Add bytes to the stream, in the open segment."""
+        if data:
+            self._buf += data
+            self.diff_hash.update(data)
+            self.uncompressed_size += len(data)
+
+    def _cut(self, kind: int, record: Optional[TOCRecord], landmark: bool) -> None:
+        meta = self._meta
+        if len(self._buf) == self._seg_start:
+            # Nothing in the open segment yet: it becomes the new one.
+            meta.kinds[-1] = kind
+            meta.records[-1] = record
+            meta.landmarks[-1] = landmark
+            return
+        self._ends.append(len(self._buf))
+        if len(self._buf) - self._begin >= BATCH_BYTES:
+            self._submit()
+            meta = self._meta
+            meta.kinds[-1] = kind
+            meta.records[-1] = record
+            meta.landmarks[-1] = landmark
+            return
+        meta.kinds.append(kind)
+        meta.records.append(record)
+        meta.landmarks.append(landmark)
+        self._seg_start = len(self._buf)
+
+    def add_chunk(self, record: TOCRecord, data: bytes, landmark: bool = False) -> None:
+        """Add one chunk of file data; it starts a new segment."""
+        size = len(data)
+        pieces = range(0, size, SEGMENT_LIMIT) if size > SEGMENT_LIMIT else [0]
+        digest = _native.Sha256() if size > SEGMENT_LIMIT else None
+        for start in pieces:
+            piece = data[start : start + SEGMENT_LIMIT] if digest else data
+            self._cut(_CONTINUATION if start else _CHUNK, record, landmark)
+            if digest is None:
+                position = len(self._buf)
+                self._spans.append(position)
+                self._spans.append(position + size)
+                self._meta.span_records.append(record)
+            else:
+                digest.update(piece)
+            self.append(piece)
+        if digest is not None:
+            record.chunk_digest = _digest(digest)
+
+    def _submit(self) -> None:
+        data = bytes(self._buf)
+        count = len(self._ends)
+        meta = self._meta
+        primed = None
+        members = not self.joined
+        if self.joined:
+            primed = bytes(
+                1
+                if kind == _CONTINUATION
+                or (kind == _CHUNK and self._ends[i] - (self._ends[i - 1] if i else self._begin) < PRIME_LIMIT)
+                else 0
+                for i, kind in enumerate(meta.kinds[:count])
+            )
+        job = self._pool.submit(
+            self._work, data, self._begin, self._ends, self._spans, primed, members
+        )
+        self._inflight.append((job, (data, self._begin, self._ends, meta, primed)))
+        history = data[-DICTIONARY:] if self.joined else b""
+        self._new_batch(history)
+        while len(self._inflight) > self.threads + 1:
+            self._collect()
+
+    def _work(
+        self,
+        data: bytes,
+        begin: int,
+        ends: array[int],
+        spans: array[int],
+        primed: Optional[bytes],
+        members: bool,
+    ) -> tuple[bytes, bytes, bytes, bytes]:
+        compressor = getattr(self._local, "compressor", None)
+        if compressor is None:
+            compressor = self._local.compressor = _native.MemberCompressor(self.level)
+        return compressor.compress_batch(data, begin, ends, spans, primed, members)
+
+    # consumer side ----------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.blob_hash.update(data)
+        self.blob_size += len(data)
+
+    def _collect(self) -> None:
+        job, (data, begin, ends, meta, primed) = self._inflight.popleft()
+        compressed, raw_ends, raw_crcs, digests = job.result()
+        out_ends = memoryview(raw_ends).cast("Q")
+        for i, record in enumerate(meta.span_records):
+            record.chunk_digest = "sha256:" + digests[32 * i : 32 * i + 32].hex()
+        if not self.joined:
+            base = self.blob_size
+            for i, record in enumerate(meta.records[: len(ends)]):
+                if record is not None:
+                    record.offset = base + (out_ends[i - 1] if i else 0)
+            self._write(compressed)
+            return
+        crcs = memoryview(raw_crcs).cast("I")
+        start = begin
+        previous = 0
+        for i in range(len(ends)):
+            end = ends[i]
+            segment = compressed[previous : out_ends[i]]
+            crc = crcs[i]
+            previous = out_ends[i]
+            kind = meta.kinds[i]
+            new_member = not self._member_open or (
+                kind == _CHUNK
+                and (meta.landmarks[i] or self._member_csize >= self.min_chunk_size)
+            )
+            if new_member:
+                self._close_member()
+                if primed is not None and primed[i]:
+                    segment, crc = self._main.compress_segment(data[start:end])
+                self._member_open = True
+                self._member_offset = self.blob_size
+                self._member_crc = 0
+                self._member_usize = 0
+                self._member_csize = 10
+                self._write(_native.gzip_header(self.level))
+            record = meta.records[i]
+            if kind == _CHUNK and record is not None:
+                record.offset = self._member_offset
+                record.inner_offset = self._member_usize
+            self._write(segment)
+            self._member_crc = _native.crc32_combine(self._member_crc, crc, end - start)
+            self._member_usize += end - start
+            self._member_csize += len(segment)
+            start = end
+
+    def _close_member(self) -> None:
+        if not self._member_open:
+            return
+        self._write(_native.FINAL_EMPTY_BLOCK)
+        self._write(_native.gzip_trailer(self._member_crc, self._member_usize))
+        self._member_open = False
+
+    def finish(self) -> None:
+        """Compress and write everything still pending."""
+        if len(self._buf) > self._seg_start:
+            self._ends.append(len(self._buf))
+        if len(self._ends):
+            self._submit()
+        while self._inflight:
+            self._collect()
+        self._close_member()
+
+    def close(self) -> None:
+        for job, _ in self._inflight:
+            job.cancel()
+        self._pool.shutdown(wait=True)
+
+    def compress_whole(self, data: bytes) -> bytes:
+        return self._main.compress(data)
+
+    def write_raw(self, data: bytes) -> None:
+        self._write(data)
+
+
+# -- layer conversion --------------------------------------------------------
+
+
+class _Converter:
+    def __init__(
+        self,
+        builder: _BlobBuilder,
+        chunk_size: int,
+        lossless: bool,
+    ) -> None:
+        self.builder = builder
+        self.chunk_size = chunk_size
+        self.lossless = lossless
+        self.records: list[TOCRecord] = []
+        self.dropped: list[bool] = []
+        self.by_name: dict[bytes, tuple[int, int]] = {}
+
+    def add_landmark(self, name: bytes) -> None:
+        record = TOCRecord(name, "reg")
+        record.size = 1
+        record.digest = (
+            "sha256:dc0e9c3658a1a3ed1ec94274d8b19925c93e1abb7ddba294923ad9bde30f8cb8"
+        )
+        self._add_records([record], clean_name(name))
+        self.builder.append(ustar_header(name, 1))
+        self.builder.add_chunk(record, LANDMARK_CONTENTS, landmark=True)
+        self.builder.append(bytes(BLOCK - 1))
+
+    def _add_records(self, records: list[TOCRecord], name: bytes) -> None:
+        first = len(self.records)
+        self.records.extend(records)
+        self.dropped.extend([False] * len(records))
+        earlier = self.by_name.get(name)
+        if earlier is not None and not self.lossless:
+            for i in range(*earlier):
+                self.dropped[i] = True
+        self.by_name[name] = (first, len(self.records))
+
+    def entry(self, entry: TarEntry, reader: TarReader) -> None:
+        """Convert one entry: its TOC records and its bytes in the stream."""
+        name = clean_name(entry.name)
+        if name in (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK) and not self.lossless:
+            self.builder.append(entry.globals)
+            reader.skip_payload()
+            return
+        if name == TOC_TAR_NAME:
+            if self.lossless:
+                raise InputError(
+                    f"tar: entry {entry.display_name!r} at offset {entry.header_offset}: "
+                    "the input already holds an eStargz TOC; keep-diff-id cannot "
+                    "drop it (decompress the layer first)"
+                )
+            self.builder.append(entry.globals)
+            reader.skip_payload()
+            return
+        if entry.sparse:
+            raise InputError(
+                f"tar: entry {entry.display_name!r} at offset {entry.header_offset}: "
+                f"sparse files ({entry.sparse} format) are not supported"
+            )
+        kind = TYPES.get(entry.typeflag)
+        if kind is None:
+            raise InputError(
+                f"tar: entry {entry.display_name!r} at offset {entry.header_offset}: "
+                f"unsupported entry type {entry.typeflag.decode('latin-1')!r}"
+            )
+
+        record = TOCRecord(entry.name, kind)
+        record.modtime = format_modtime(entry.mtime_ns)
+        record.mode = entry.mode
+        record.uid = entry.uid
+        record.gid = entry.gid
+        record.uname = entry.uname
+        record.gname = entry.gname
+        if entry.xattrs:
+            record.xattrs = entry.xattrs
+        if kind in ("hardlink", "symlink"):
+            record.linkname = entry.linkname
+        elif kind in ("char", "block"):
+            record.devmajor = entry.devmajor
+            record.devminor = entry.devminor
+        self.builder.append(entry.raw_header)
+
+        if kind != "reg":
+            self._add_records([record], name)
+            padding = reader.read_padding()
+            if self.lossless:
+                self.builder.append(padding)
+            return
+
+        size = entry.size
+        record.size = size
+        if size == 0:
+            record.digest = EMPTY_DIGEST
+            self._add_records([record], name)
+            padding = reader.read_padding()
+            if self.lossless:
+                self.builder.append(padding)
+            return
+
+        records = []
+        file_hash = _native.Sha256() if size > self.chunk_size else None
+        position = 0
+        current = record
+        while position < size:
+            take = min(self.chunk_size, size - position)
+            if position:
+                current = TOCRecord(entry.name, "chunk")
+                current.chunk_offset = position
+            if size - position >= self.chunk_size:
+                current.chunk_size = self.chunk_size
+            data = reader.read_payload(take)
+            if file_hash is not None:
+                file_hash.update(data)
+            self.builder.add_chunk(current, data)
+            records.append(current)
+            position += take
+        padding = reader.read_padding()
+        self.builder.append(padding if self.lossless else bytes(len(padding)))
+        if file_hash is not None:
+            record.digest = _digest(file_hash)
+        else:
+            record.digest = ""  # filled from the chunk digest when it arrives
+        self._add_records(records, name)
+
+    def finish_records(self) -> list[TOCRecord]:
+        kept = []
+        for record, dropped in zip(self.records, self.dropped):
+            if dropped:
+                continue
+            if record.type == "reg" and record.size and not record.digest:
+                record.digest = record.chunk_digest
+            kept.append(record)
+        return kept
+
+
+def _scan(stream: BinaryIO) -> list[tuple[TarEntry, dict[bytes, bytes]]]:
+    """First pass for reordering: every entry's header and where it starts."""
+    source = ByteSource(stream)
+    reader = TarReader(source)
+    entries = []
+    for entry in reader:
+        entry.raw_header = b""  # read again in the second pass
+        entries.append((entry, reader.global_pax))
+        skip = entry.payload_size + entry.padding
+        stream.seek(skip, os.SEEK_CUR)
+        source.offset += skip
+        reader._pending = 0
+    return entries
+
+
+def _sorted_entries(
+    entries: list[tuple[TarEntry, dict[bytes, bytes]]],
+    prioritized: Sequence[str],
+    allow_missing: bool,
+) -> tuple[list[tuple[TarEntry, dict[bytes, bytes]]], list[str]]:
+    """Go's ``sortEntries``: duplicates removed (the later wins, at its own
+    place), prioritized paths moved first with their parents and hardlink
+    targets, landmarks of the input dropped."""
+    stream: dict[bytes, tuple[TarEntry, dict[bytes, bytes]]] = {}
+    for item in entries:
+        name = clean_name(item[0].name)
+        if name in (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK):
+            continue
+        stream.pop(name, None)
+        stream[name] = item
+    moved: dict[bytes, tuple[TarEntry, dict[bytes, bytes]]] = {}
+    missing: list[str] = []
+
+    def move(name: bytes) -> bool:
+        name = clean_name(name)
+        if name == b"":
+            if name in stream:
+                moved[name] = stream.pop(name)
+            return True
+        if name not in stream and name not in moved:
+            return False
+        parent = name.rsplit(b"/", 1)[0] if b"/" in name else b""
+        if not move(parent):
+            return False
+        item = stream.get(name)
+        if item is not None and item[0].typeflag == b"1":
+            if not move(item[0].linkname):
+                return False
+        item = stream.pop(name, None)
+        if item is not None:
+            moved[name] = item
+        return True
+
+    for path in prioritized:
+        wanted = path.encode("utf-8", "surrogateescape")
+        if not move(wanted):
+            if not allow_missing:
+                raise InputError(f"prioritized file {path!r} is not in the layer")
+            missing.append(path)
+    return list(moved.values()) + [(None, {})] + list(stream.values()), missing  # type: ignore[list-item]
+
+
+def convert(
+    source: Source,
+    output: Union[PathLike, BinaryIO],
+    *,
+    compression_level: int = 9,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    min_chunk_size: int = 0,
+    prioritized_files: Optional[Iterable[str]] = None,
+    allow_missing_prioritized: bool = False,
+    external_toc: Optional[Union[PathLike, BinaryIO]] = None,
+    keep_diff_id: bool = False,
+    threads: Optional[int] = None,
+) -> ConvertResult:
+    """Convert a layer into an eStargz blob.
+
+    :param source: the layer: a path (``-`` for standard input) or a binary
+        file object holding a tar, tar.gz or tar.zst
+    :param output: where the blob goes: a path, written atomically (``-``
+        for standard output), or a binary file object
+    :param compression_level: gzip level 0-9, as ``ctr-remote`` (default 9)
+    :param chunk_size: largest piece of a file in one chunk (default 4 MiB)
+    :param min_chunk_size: compressed bytes a gzip member holds before a new
+        one starts; above 0, several files share a member (``innerOffset``)
+    :param prioritized_files: paths to place first, followed by the
+        ``.prefetch.landmark`` file
+    :param allow_missing_prioritized: skip prioritized paths that are not in
+        the layer instead of failing
+    :param external_toc: keep the TOC out of the blob and write it here, as
+        the gzip-compressed tar that goes into the TOC image
+    :param keep_diff_id: make the uncompressed blob equal the input tar byte
+        for byte, so the layer's diffID does not change (needs
+        ``external_toc``; no prioritized files)
+    :param threads: compression threads (default: all CPUs)
+    :raises InputError: the layer is malformed or holds what cannot be
+        converted; the message names the entry and the byte offset
+    :raises ConversionError: the options do not fit together
+    """
+    if not 0 <= compression_level <= 9:
+        raise ConversionError(f"compression level must be 0-9, got {compression_level}")
+    if chunk_size < 0:
+        raise ConversionError(f"chunk size must not be negative, got {chunk_size}")
+    chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
+    if min_chunk_size < 0:
+        raise ConversionError(f"min chunk size must not be negative, got {min_chunk_size}")
+    prioritized = list(prioritized_files or [])
+    if keep_diff_id and external_toc is None:
+        raise ConversionError("keep-diff-id needs an external TOC (--external-toc)")
+    if keep_diff_id and prioritized:
+        raise ConversionError("keep-diff-id cannot reorder files: drop the prioritized files")
+    threads = threads or cpu_count()
+    if threads < 1:
+        raise ConversionError(f"threads must be at least 1, got {threads}")
+
+    stack: list[Any] = []
+    outputs: list[AtomicOutput] = []
+    try:
+        if isinstance(output, (str, os.PathLike)):
+            blob_output = AtomicOutput(output)
+            outputs.append(blob_output.__enter__())
+            out: BinaryIO = blob_output.file  # type: ignore[assignment]
+        else:
+            out = output
+        toc_file: Optional[BinaryIO] = None
+        if isinstance(external_toc, (str, os.PathLike)):
+            toc_output = AtomicOutput(external_toc)
+            outputs.append(toc_output.__enter__())
+            toc_file = toc_output.file
+        elif external_toc is not None:
+            toc_file = external_toc
+
+        result = _convert(
+            source,
+            out,
+            toc_file,
+            stack,
+            level=compression_level,
+            chunk_size=chunk_size,
+            min_chunk_size=min_chunk_size,
+            prioritized=prioritized,
+            allow_missing=allow_missing_prioritized,
+            external=external_toc is not None,
+            lossless=keep_diff_id,
+            threads=threads,
+        )
+        for target in outputs:
+            target.commit()
+        return result
+    finally:
+        for target in outputs:
+            target.discard()
+        for item in reversed(stack):
+            item.close()
+
+
+def _convert(
+    source: Source,
+    out: BinaryIO,
+    toc_file: Optional[BinaryIO],
+    stack: list[Any],
+    *,
+    level: int,
+    chunk_size: int,
+    min_chunk_size: int,
+    prioritized: list[str],
+    allow_missing: bool,
+    external: bool,
+    lossless: bool,
+    threads: int,
+) -> ConvertResult:
+    opened = _open_input(source, stack)
+    joined = min_chunk_size > 0 or chunk_size > SEGMENT_LIMIT
+    builder = _BlobBuilder(out, level, min_chunk_size, threads, joined)
+    stack.append(builder)
+    converter = _Converter(builder, chunk_size, lossless)
+
+    if prioritized:
+        stream = opened.stream
+        if not opened.seekable_tar:
+            spool = tempfile.TemporaryFile(prefix="estargz-layer-")
+            stack.append(spool)
+            while True:
+                block = stream.read(1 << 20)
+                if not block:
+                    break
+                spool.write(block)
+            spool.seek(0)
+            stream = spool  # type: ignore[assignment]
+        order, missing = _sorted_entries(_scan(stream), prioritized, allow_missing)
+        if missing:
+            log.warning("prioritized files not in the layer: %s", ", ".join(missing))
+        for entry, global_pax in order:
+            if entry is None:
+                converter.add_landmark(PREFETCH_LANDMARK)
+                continue
+            stream.seek(entry.header_offset)
+            reader = TarReader(ByteSource(stream, entry.header_offset))
+            reader.global_pax = dict(global_pax)
+            converter.entry(next(reader), reader)
+    else:
+        reader = TarReader(ByteSource(opened.stream))
+        if not lossless:
+            converter.add_landmark(NO_PREFETCH_LANDMARK)
+        for entry in reader:
+            converter.entry(entry, reader)
+        if lossless:
+            for block in reader.read_trailer():
+                builder.append(block)
+            if builder.uncompressed_size != reader.source.offset:
+                raise ConversionError(
+                    f"internal error: {builder.uncompressed_size} bytes written for "
+                    f"{reader.source.offset} bytes read in keep-diff-id mode"
+                )
+
+    builder.finish()
+    records = converter.finish_records()
+    toc_json = encode_toc(records)
+    toc_digest = "sha256:" + _native.Sha256(toc_json).hexdigest()
+    toc_member = builder.compress_whole(toc_tar(toc_json))
+    external_digest = None
+    external_size = None
+    if external:
+        assert toc_file is not None
+        toc_file.write(toc_member)
+        external_digest = "sha256:" + _native.Sha256(toc_member).hexdigest()
+        external_size = len(toc_member)
+        builder.write_raw(EXTERNAL_TOC_FOOTER)
+    else:
+        tar = toc_tar(toc_json)
+        builder.diff_hash.update(tar)
+        builder.uncompressed_size += len(tar)
+        toc_offset = builder.blob_size
+        builder.write_raw(toc_member)
+        builder.write_raw(footer(toc_offset))
+    log.info(
+        "converted a layer: %d TOC entries, %d bytes in, %d bytes out",
+        len(records),
+        builder.uncompressed_size,
+        builder.blob_size,
+    )
+    return ConvertResult(
+        toc_digest=toc_digest,
+        diff_id=_digest(builder.diff_hash),
+        blob_digest=_digest(builder.blob_hash),
+        blob_size=builder.blob_size,
+        uncompressed_size=builder.uncompressed_size,
+        external_toc_digest=external_digest,
+        external_toc_size=external_size,
+    )

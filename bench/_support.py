@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import glob
+import io
 import json
 import os
+import shutil
 import subprocess
 import sysconfig
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,9 +23,15 @@ CEILINGS: dict[str, dict[str, Any]] = {}
 TARGETS: dict[str, list[tuple[str, float, str]]] = defaultdict(list)
 
 
-def record_ceiling(group: str, seconds: float, nbytes: int, note: str = "") -> None:
-    """Remember the C ceiling of ``group``: ``nbytes`` handled in ``seconds``."""
-    CEILINGS[group] = {"seconds": seconds, "bytes": nbytes, "note": note}
+def record_ceiling(
+    group: str, seconds: float, nbytes: int, kind: str = "ceiling"
+) -> None:
+    """Remember a C reference of ``group``: ``nbytes`` handled in ``seconds``.
+
+    ``ceiling`` is zlib-ng alone; ``floor`` adds the digests no eStargz
+    writer or verifier may skip.
+    """
+    CEILINGS.setdefault(group, {})[kind] = {"seconds": seconds, "bytes": nbytes}
 
 
 def add_target(group: str, peer: str, ratio: float, why: str = "") -> None:
@@ -66,11 +75,14 @@ def ceiling_binary() -> Path:
     prefix = zlib_ng_prefix()
     binary = BUILD / "bench" / "ceiling"
     source = REPO / "bench" / "ceiling.c"
-    if binary.exists() and binary.stat().st_mtime > source.stat().st_mtime:
+    newest = max(source.stat().st_mtime, (REPO / "src" / "_native" / "sha256.c").stat().st_mtime)
+    if binary.exists() and binary.stat().st_mtime > newest:
         return binary
     binary.parent.mkdir(parents=True, exist_ok=True)
     library = prefix / "lib" / "libz-ng.a"
+    native = REPO / "src" / "_native"
     command = ["gcc", "-O2", "-pthread", "-o", str(binary), str(source)]
+    command += [str(native / "sha256.c"), "-I", str(native)]
     command += ["-I", str(prefix / "include"), str(library)]
     subprocess.run(command, check=True)
     return binary
@@ -93,7 +105,7 @@ def run_ceiling(
         with data.open("wb") as f:
             for piece in pieces:
                 f.write(piece)
-        if mode == "inflate":
+        if mode.startswith("inflate"):
             assert uncompressed_sizes is not None
             lines = [f"{len(p)} {u}" for p, u in zip(pieces, uncompressed_sizes)]
         else:
@@ -109,3 +121,93 @@ def run_ceiling(
         ).stdout
     result: dict[str, float] = json.loads(out)
     return result
+
+
+def run_measured(command: Sequence[str]) -> tuple[float, int, str]:
+    """Run ``command``; return its wall seconds, peak RSS in KiB and stdout.
+
+    The child is started with ``posix_spawn`` (no copy of this large process
+    is ever counted as the child's memory) and reaped with ``wait4``, so its
+    own peak RSS is read, not the largest of every child so far.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        actions = [
+            (os.POSIX_SPAWN_DUP2, out.fileno(), 1),
+            (os.POSIX_SPAWN_DUP2, err.fileno(), 2),
+        ]
+        program = shutil.which(command[0]) or command[0]
+        start = time.perf_counter()
+        pid = os.posix_spawn(program, list(command), os.environ, file_actions=actions)
+        _, status, usage = os.wait4(pid, 0)
+        seconds = time.perf_counter() - start
+        code = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if code:
+            raise RuntimeError(
+                f"{command[0]} failed ({code}): "
+                + err.read().decode(errors="replace")[-2000:]
+            )
+        return seconds, int(usage.ru_maxrss), out.read().decode()
+
+
+def member_contents(blob: Path) -> list[bytes]:
+    """The uncompressed content of every gzip member of a blob before its
+    TOC (or external-TOC footer): the pieces the writer compressed."""
+    from estargz import _native
+
+    data = blob.read_bytes()
+    tail = data[-51:]
+    if tail[12:14] == b"SG" and tail[32:38] == b"STARGZ":
+        end = int(tail[16:32], 16)
+    else:
+        end = len(data) - 46
+    reader = _native.GzipReader(io.BytesIO(data[:end]))
+    pieces: list[bytes] = []
+    current = bytearray()
+    buffer = bytearray(1 << 20)
+    while True:
+        n = reader.readinto(buffer)
+        if not n:
+            break
+        current += buffer[:n]
+        if reader.at_member_end:
+            pieces.append(bytes(current))
+            current = bytearray()
+    return pieces
+
+
+def stdlib_layer() -> Path:
+    """A small real layer for quick runs: the Python standard library as a
+    tar, made once (sorted, numeric owners, fixed mtimes)."""
+    import tarfile
+
+    target = BUILD / "bench" / "stdlib-layer.tar"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    root = Path(sysconfig.get_paths()["stdlib"])
+    partial = target.with_suffix(".part")
+    with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(root.rglob("*")):
+            if "site-packages" in path.parts or "__pycache__" in path.parts:
+                continue
+            info = tar.gettarinfo(str(path), arcname="usr/lib/python3/" + str(path.relative_to(root)))
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            info.mtime = 1704067200
+            if info.isfile():
+                with path.open("rb") as f:
+                    tar.addfile(info, f)
+            elif info.isdir() or info.issym():
+                tar.addfile(info)
+    partial.replace(target)
+    return target
+
+
+def go_harness() -> Path:
+    """The Go stargz harness (tests/goharness), built on first use."""
+    binary = BUILD / "go" / "estargz-go"
+    if not binary.exists():
+        subprocess.run(["bash", str(REPO / "tests" / "goharness" / "build.sh")], check=True)
+    return binary

@@ -8,6 +8,13 @@
  *   ceiling deflate LEVEL THREADS ROUNDS DATA SIZES
  *   ceiling inflate 0     THREADS ROUNDS DATA SIZES
  *
+ * The "-sha" modes (deflate-sha, inflate-sha) add the hashing an eStargz
+ * writer or verifier cannot skip, with estargz's own SHA-256: every piece's
+ * digest (chunkDigest), the digest of each compressed piece (the blob
+ * digest's share), and for deflate-sha one sequential digest of all the
+ * uncompressed bytes (the diffID), done by the first thread before it
+ * joins the others.
+ *
  * DATA holds the pieces back to back.  SIZES has one line per piece: its
  * size in DATA, and for inflate also its uncompressed size.  Prints one JSON
  * object: the best round's seconds, the uncompressed bytes and the
@@ -21,6 +28,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "sha256.h"
 #include "zlib-ng.h"
 
 typedef struct {
@@ -32,7 +40,10 @@ typedef struct {
 static piece_t *pieces;
 static size_t piece_count;
 static int mode_inflate;
+static int mode_sha;
 static int level;
+static const uint8_t *all_data;
+static size_t all_size;
 static atomic_size_t next_piece;
 static atomic_size_t produced_total;
 
@@ -44,7 +55,13 @@ static void die(const char *what)
 
 static void *worker(void *arg)
 {
-    (void)arg;
+    uint8_t digest[ESGZ_SHA256_DIGEST_SIZE];
+    esgz_sha256 hash;
+    if (mode_sha && !mode_inflate && *(int *)arg == 0) {
+        esgz_sha256_init(&hash);
+        esgz_sha256_update(&hash, all_data, all_size);
+        esgz_sha256_digest(&hash, digest);
+    }
     zng_stream strm;
     size_t capacity = 1 << 16;
     uint8_t *out = malloc(capacity);
@@ -79,6 +96,18 @@ static void *worker(void *arg)
                 die("deflate did not finish");
         }
         produced += capacity - strm.avail_out;
+        if (mode_sha) {
+            const uint8_t *plain = mode_inflate ? out : pieces[i].data;
+            size_t plain_size = mode_inflate ? pieces[i].out_size : pieces[i].size;
+            const uint8_t *packed = mode_inflate ? pieces[i].data : out;
+            size_t packed_size = mode_inflate ? pieces[i].size : capacity - strm.avail_out;
+            esgz_sha256_init(&hash);
+            esgz_sha256_update(&hash, plain, plain_size);
+            esgz_sha256_digest(&hash, digest);
+            esgz_sha256_init(&hash);
+            esgz_sha256_update(&hash, packed, packed_size);
+            esgz_sha256_digest(&hash, digest);
+        }
     }
     if (mode_inflate)
         zng_inflateEnd(&strm);
@@ -100,7 +129,9 @@ int main(int argc, char **argv)
 {
     if (argc != 7)
         die("usage: ceiling deflate|inflate LEVEL THREADS ROUNDS DATA SIZES");
-    mode_inflate = strcmp(argv[1], "inflate") == 0;
+    mode_inflate = strncmp(argv[1], "inflate", 7) == 0;
+    mode_sha = strstr(argv[1], "-sha") != NULL;
+    esgz_sha256_select();
     level = atoi(argv[2]);
     int threads = atoi(argv[3]);
     int rounds = atoi(argv[4]);
@@ -137,16 +168,23 @@ int main(int argc, char **argv)
         piece_count++;
     }
     fclose(s);
+    if (!mode_inflate) {
+        all_data = data;
+        all_size = offset;
+    }
 
     double best = 1e30;
     size_t out_total = 0;
     pthread_t *ids = malloc(threads * sizeof(pthread_t));
+    int *numbers = malloc(threads * sizeof(int));
     for (int r = 0; r < rounds; r++) {
         atomic_store(&next_piece, 0);
         atomic_store(&produced_total, 0);
         double start = now();
-        for (int t = 0; t < threads; t++)
-            pthread_create(&ids[t], NULL, worker, NULL);
+        for (int t = 0; t < threads; t++) {
+            numbers[t] = t;
+            pthread_create(&ids[t], NULL, worker, &numbers[t]);
+        }
         for (int t = 0; t < threads; t++)
             pthread_join(ids[t], NULL);
         double took = now() - start;

@@ -71,15 +71,29 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             ratio = row["seconds"] / ours["seconds"]
             entry[impl] = {**row, "speed_ratio": ratio}
             line.append(f"{impl} x{ratio:.2f}")
-        ceiling = CEILINGS.get(group)
-        if ceiling and ceiling["seconds"] and ours["bytes"]:
-            share = ceiling["seconds"] / ours["seconds"]
-            entry["ceiling"] = {**ceiling, "share": share}
-            line.append(f"| {share:.0%} of the zlib-ng C ceiling")
+        for impl, row in sorted(impls.items()):
+            if impl == "ours" or not row.get("blob_size") or not ours.get("blob_size"):
+                continue
+            size_ratio = ours["blob_size"] / row["blob_size"]
+            entry[impl]["blob_ratio"] = size_ratio
+            line.append(f"| blob ours/{impl} {size_ratio:.4f}")
+            if ours.get("peak_rss_kb") and row.get("peak_rss_kb"):
+                line.append(
+                    f"| peak RSS ours {ours['peak_rss_kb'] / 1024:.0f} MiB, "
+                    f"{impl} {row['peak_rss_kb'] / 1024:.0f} MiB"
+                )
+        references = CEILINGS.get(group, {})
+        labels = {"ceiling": "zlib-ng alone", "floor": "zlib-ng + digests"}
+        for kind, label in labels.items():
+            reference = references.get(kind)
+            if reference and reference["seconds"] and ours["bytes"]:
+                share = reference["seconds"] / ours["seconds"]
+                entry[kind] = {**reference, "share": share}
+                line.append(f"| {share:.0%} of {label} (C)")
         write("  ".join(line))
         for peer, wanted, why in TARGETS.get(group, []):
-            if peer == "ceiling":
-                got = entry.get("ceiling", {}).get("share")
+            if peer in ("ceiling", "floor"):
+                got = entry.get(peer, {}).get("share")
             else:
                 got = entry.get(peer, {}).get("speed_ratio")
             verdict = "n/a" if got is None else ("met" if got >= wanted else "MISSED")

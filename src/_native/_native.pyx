@@ -57,6 +57,8 @@ cdef extern from "sha256.h" nogil:
     void esgz_sha256_force_portable(int on)
     void esgz_sha256_init(esgz_sha256 *ctx)
     void esgz_sha256_update(esgz_sha256 *ctx, const uint8_t *data, size_t size)
+    void esgz_sha256_update_many(esgz_sha256 **ctx, int count, const uint8_t *data,
+                                 size_t size)
     void esgz_sha256_digest(const esgz_sha256 *ctx, uint8_t *out)
 
 
@@ -79,6 +81,18 @@ DEFAULT_MAX_OUTPUT = 1 << 28
 GZIP_MAGIC = b"\x1f\x8b\x08"
 FINAL_EMPTY_BLOCK = b"\x03\x00"
 """A final, empty fixed-Huffman deflate block: ends a member of segments."""
+
+# What starts a segment handed to MemberCompressor.compress_layer.
+cdef enum:
+    SEGMENT_START = 0
+    SEGMENT_CHUNK = 1
+    SEGMENT_LANDMARK = 2
+    SEGMENT_CONTINUATION = 3
+
+KIND_START = SEGMENT_START
+KIND_CHUNK = SEGMENT_CHUNK
+KIND_LANDMARK = SEGMENT_LANDMARK
+KIND_CONTINUATION = SEGMENT_CONTINUATION
 
 # Statuses of our own, beside zlib-ng's negative codes.
 cdef enum:
@@ -402,108 +416,165 @@ cdef class MemberCompressor:
             self.busy = False
 
 
-    def compress_batch(self, const uint8_t[::1] data, Py_ssize_t begin,
-                       const uint64_t[::1] ends, const uint64_t[::1] hash_spans,
-                       const uint8_t[::1] primed=None, bint members=True):
-        """Compress many segments of ``data`` in one call, without the GIL.
+    def compress_layer(self, const uint8_t[::1] data, Py_ssize_t begin,
+                       const uint64_t[::1] ends, const uint8_t[::1] kinds,
+                       uint64_t min_chunk_size, bint open_at_end,
+                       const uint64_t[::1] hash_spans=None):
+        """Compress a batch of a layer's stream into gzip member bodies, choosing
+        where members start as Go's writer does.  Releases the GIL.
 
-        Segment ``i`` is ``data[ends[i-1]:ends[i]]``, the first one starting
-        at ``begin`` (bytes before it may serve as a dictionary).  With
-        ``members`` each segment becomes a complete gzip member; otherwise a
-        raw deflate segment ending in a sync flush, primed with the 32 KiB
-        before it when ``primed[i]`` is non-zero (see
-        :meth:`compress_segment`).  ``hash_spans`` holds ``(start, end)``
-        pairs of ``data`` whose SHA-256 digests are wanted.
+        Segment ``i`` is ``data[ends[i-1]:ends[i]]``, the first starting at
+        ``begin``.  ``kinds[i]`` says what starts it: :data:`KIND_START`
+        (the stream's first bytes), :data:`KIND_CHUNK`, :data:`KIND_LANDMARK`
+        (a chunk that always opens a member) or :data:`KIND_CONTINUATION`
+        (more of the same member).  A chunk opens
+        a new member when the open one already holds ``min_chunk_size``
+        compressed bytes, measured after a sync flush as Go does; with 0 every
+        chunk opens one.  Each member is one deflate stream.  A batch that
+        starts with a continuation carries on a member from the previous
+        batch, primed with the 32 KiB before ``begin``; with ``open_at_end``
+        the last member is left open (sync flush) for the next batch.
 
-        :returns: ``(compressed, compressed_ends, crcs, digests)``: the
-            output back to back, the end of each segment's output as native
-            uint64 values, each segment's CRC-32 as native uint32 values, and
-            32 bytes of digest per hash span
+        :returns: ``(compressed, pieces, positions, digests)``.  ``pieces``
+            holds, per piece of a member, four native uint64 values: the end
+            of its bytes in ``compressed``, its uncompressed size, its CRC-32
+            and flags (1: it starts a member, 2: it ends one).  ``positions``
+            holds two uint64 values per segment: the piece it lies in and its
+            uncompressed offset inside that piece.  ``digests`` has 32 bytes
+            per ``(start, end)`` pair of ``hash_spans``.
         """
         cdef size_t count = ends.shape[0]
-        cdef size_t spans = hash_spans.shape[0] // 2
         cdef size_t total = data.shape[0]
         cdef const uint8_t *base = &data[0] if total else NULL
-        cdef const uint8_t *flags = NULL
-        cdef uint64_t *out_ends = NULL
-        cdef uint32_t *crcs = NULL
+        cdef size_t spans = 0
+        cdef const uint64_t *span = NULL
+        cdef uint64_t *pieces = NULL
+        cdef uint64_t *positions = NULL
         cdef uint8_t *digests = NULL
-        cdef OutBuf out
         cdef esgz_sha256 hasher
+        cdef OutBuf out
         cdef size_t i, start, end, dict_start
+        cdef size_t piece_count = 0
+        cdef size_t piece_out_start = 0
+        cdef uint64_t piece_usize = 0
+        cdef uint32_t piece_crc = 0
+        cdef uint64_t piece_flags = 0
+        cdef bint piece_open = False
+        cdef bint opens
+        cdef int kind
         cdef int status = 0
-        cdef int failed_at = -1
-        if hash_spans.shape[0] % 2:
-            raise ValueError("hash_spans must hold (start, end) pairs")
-        if primed is not None:
-            if primed.shape[0] != count:
-                raise ValueError("primed must have one flag per segment")
-            if count:
-                flags = &primed[0]
+        if kinds.shape[0] != count:
+            raise ValueError("kinds must have one entry per segment")
+        if begin < 0 or <size_t>begin > total:
+            raise ValueError(f"begin {begin} is outside the data")
         start = begin
         for i in range(count):
             if ends[i] < start or ends[i] > total:
                 raise ValueError(f"segment {i} ends at {ends[i]}, outside {start}..{total}")
+            if kinds[i] > SEGMENT_CONTINUATION:
+                raise ValueError(f"segment {i} has unknown kind {kinds[i]}")
             start = ends[i]
-        for i in range(spans):
-            if hash_spans[2 * i] > hash_spans[2 * i + 1] or hash_spans[2 * i + 1] > total:
-                raise ValueError(f"hash span {i} is outside the data")
+        if count and kinds[0] == SEGMENT_CONTINUATION and begin == 0:
+            raise ValueError("a continuation needs the bytes before it")
+        if hash_spans is not None and hash_spans.shape[0]:
+            if hash_spans.shape[0] % 2:
+                raise ValueError("hash_spans must hold (start, end) pairs")
+            spans = hash_spans.shape[0] // 2
+            span = &hash_spans[0]
+            for i in range(spans):
+                if span[2 * i] > span[2 * i + 1] or span[2 * i + 1] > total:
+                    raise ValueError(f"hash span {i} is outside the data")
         memset(&out, 0, sizeof(OutBuf))
-        out_ends = <uint64_t *>malloc(max(count, 1) * sizeof(uint64_t))
-        crcs = <uint32_t *>malloc(max(count, 1) * sizeof(uint32_t))
+        # At most one piece per segment.
+        pieces = <uint64_t *>malloc(max(count, 1) * 4 * sizeof(uint64_t))
+        positions = <uint64_t *>malloc(max(count, 1) * 2 * sizeof(uint64_t))
         digests = <uint8_t *>malloc(max(spans, 1) * 32)
-        if out_ends == NULL or crcs == NULL or digests == NULL:
-            free(out_ends)
-            free(crcs)
+        if pieces == NULL or positions == NULL or digests == NULL:
+            free(pieces)
+            free(positions)
             free(digests)
             raise MemoryError()
         enter(&self.busy)
         try:
             with nogil:
+                status = outbuf_reserve(
+                    &out, zng_deflateBound(&self.strm, total - begin) + 32 * count + 64)
                 start = begin
                 for i in range(count):
+                    if status:
+                        break
                     end = ends[i]
-                    if members:
-                        status = compress_member(&self.strm, self.level, base + start,
-                                                 end - start, &out)
-                        crcs[i] = 0
+                    kind = kinds[i]
+                    if not piece_open or kind == SEGMENT_START or kind == SEGMENT_LANDMARK \
+                            or (kind == SEGMENT_CHUNK and min_chunk_size == 0):
+                        opens = True
+                    elif kind == SEGMENT_CHUNK:
+                        # Go's rule: flush, then compare the member's size.
+                        status = deflate_all(&self.strm, NULL, 0, Z_SYNC_FLUSH, &out)
+                        opens = 10 + out.size - piece_out_start >= min_chunk_size
                     else:
+                        opens = False
+                    if status:
+                        break
+                    if opens or not piece_open:
+                        if piece_open:
+                            status = deflate_all(&self.strm, NULL, 0, Z_FINISH, &out)
+                            pieces[4 * piece_count] = out.size
+                            pieces[4 * piece_count + 1] = piece_usize
+                            pieces[4 * piece_count + 2] = piece_crc
+                            pieces[4 * piece_count + 3] = piece_flags | 2
+                            piece_count += 1
                         zng_deflateReset(&self.strm)
-                        if flags != NULL and flags[i] and start > 0:
+                        piece_open = True
+                        piece_out_start = out.size
+                        piece_usize = 0
+                        piece_crc = 0
+                        piece_flags = 1
+                        if kind == SEGMENT_CONTINUATION:
+                            # Carries on a member begun in the previous batch.
+                            piece_flags = 0
                             dict_start = start - 32768 if start > 32768 else 0
                             status = zng_deflateSetDictionary(
                                 &self.strm, base + dict_start,
                                 <uint32_t>(start - dict_start))
-                        if status == 0:
-                            status = deflate_all(&self.strm, base + start, end - start,
-                                                 Z_SYNC_FLUSH, &out)
-                        crcs[i] = zng_crc32_z(0, base + start, end - start) \
-                            if end > start else 0
                     if status:
-                        failed_at = <int>i
                         break
-                    out_ends[i] = out.size
+                    positions[2 * i] = piece_count
+                    positions[2 * i + 1] = piece_usize
+                    status = deflate_all(&self.strm, base + start, end - start,
+                                         Z_NO_FLUSH, &out)
+                    if end > start:
+                        piece_crc = zng_crc32_z(piece_crc, base + start, end - start)
+                    piece_usize += end - start
                     start = end
+                if status == 0 and piece_open:
+                    status = deflate_all(&self.strm, NULL, 0,
+                                         Z_SYNC_FLUSH if open_at_end else Z_FINISH, &out)
+                    pieces[4 * piece_count] = out.size
+                    pieces[4 * piece_count + 1] = piece_usize
+                    pieces[4 * piece_count + 2] = piece_crc
+                    pieces[4 * piece_count + 3] = piece_flags | (0 if open_at_end else 2)
+                    piece_count += 1
                 if status == 0:
                     for i in range(spans):
                         esgz_sha256_init(&hasher)
-                        esgz_sha256_update(&hasher, base + hash_spans[2 * i],
-                                           hash_spans[2 * i + 1] - hash_spans[2 * i])
+                        esgz_sha256_update(&hasher, base + span[2 * i],
+                                           span[2 * i + 1] - span[2 * i])
                         esgz_sha256_digest(&hasher, digests + 32 * i)
             if status:
-                raise make_error(status, f"compress segment {failed_at}", 0,
-                                 self.strm.msg)
+                raise make_error(status, "compress layer batch", 0, self.strm.msg)
             return (
                 outbuf_to_bytes(&out),
-                PyBytes_FromStringAndSize(<char *>out_ends, count * sizeof(uint64_t)),
-                PyBytes_FromStringAndSize(<char *>crcs, count * sizeof(uint32_t)),
+                PyBytes_FromStringAndSize(<char *>pieces,
+                                          piece_count * 4 * sizeof(uint64_t)),
+                PyBytes_FromStringAndSize(<char *>positions, count * 2 * sizeof(uint64_t)),
                 PyBytes_FromStringAndSize(<char *>digests, spans * 32),
             )
         finally:
             self.busy = False
             free(out.data)
-            free(out_ends)
-            free(crcs)
+            free(pieces)
+            free(positions)
             free(digests)
 
 
@@ -1028,6 +1099,43 @@ cdef class Sha256:
                     esgz_sha256_update(&self.ctx, &data[0], size)
             else:
                 esgz_sha256_update(&self.ctx, &data[0], size)
+        finally:
+            self.busy = False
+
+    def update_with(self, Sha256 other, const uint8_t[::1] data, Sha256 third=None):
+        """Hash ``data`` into this state, ``other`` (and ``third``) in one pass.
+
+        The CPU's SHA instructions run the round chains side by side, so this
+        costs much less than separate :meth:`update` calls.
+        """
+        cdef size_t size = data.shape[0]
+        cdef esgz_sha256 *states[3]
+        cdef int count = 2 if third is None else 3
+        if size == 0:
+            return
+        if other is self or third is self or (third is not None and third is other):
+            raise ValueError("update_with needs different states")
+        states[0] = &self.ctx
+        states[1] = &other.ctx
+        if third is not None:
+            states[2] = &third.ctx
+        enter(&self.busy)
+        try:
+            enter(&other.busy)
+            try:
+                if third is not None:
+                    enter(&third.busy)
+                try:
+                    if size >= NOGIL_HASH_MIN:
+                        with nogil:
+                            esgz_sha256_update_many(states, count, &data[0], size)
+                    else:
+                        esgz_sha256_update_many(states, count, &data[0], size)
+                finally:
+                    if third is not None:
+                        third.busy = False
+            finally:
+                other.busy = False
         finally:
             self.busy = False
 

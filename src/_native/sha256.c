@@ -165,6 +165,157 @@ static void blocks_x86(uint32_t state[8], const uint8_t *data, size_t blocks)
     _mm_storeu_si128((__m128i *)&state[4], _mm_alignr_epi8(ghcd, abfe, 8));
 }
 
+/* Two states over the same data: the message schedule is shared and the
+ * two round chains are independent, so they overlap in the pipeline and two
+ * digests cost little more than one. */
+#define X86_ROUNDS4_2(m, g)                                                    \
+    do {                                                                       \
+        __m128i wk = _mm_add_epi32(                                            \
+            (m), _mm_loadu_si128((const __m128i *)&K[4 * (g)]));               \
+        __m128i wk_hi = _mm_shuffle_epi32(wk, 0x0e);                           \
+        cdgh_a = _mm_sha256rnds2_epu32(cdgh_a, abef_a, wk);                    \
+        cdgh_b = _mm_sha256rnds2_epu32(cdgh_b, abef_b, wk);                    \
+        abef_a = _mm_sha256rnds2_epu32(abef_a, cdgh_a, wk_hi);                 \
+        abef_b = _mm_sha256rnds2_epu32(abef_b, cdgh_b, wk_hi);                 \
+    } while (0)
+
+X86_TARGET
+static void blocks_x86_pair(uint32_t state_a[8], uint32_t state_b[8],
+                            const uint8_t *data, size_t blocks)
+{
+    const __m128i byteswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i badc, hgfe;
+
+    badc = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&state_a[0]), 0xb1);
+    hgfe = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&state_a[4]), 0x1b);
+    __m128i abef_a = _mm_alignr_epi8(badc, hgfe, 8);
+    __m128i cdgh_a = _mm_blend_epi16(hgfe, badc, 0xf0);
+    badc = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&state_b[0]), 0xb1);
+    hgfe = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&state_b[4]), 0x1b);
+    __m128i abef_b = _mm_alignr_epi8(badc, hgfe, 8);
+    __m128i cdgh_b = _mm_blend_epi16(hgfe, badc, 0xf0);
+
+    while (blocks--) {
+        __m128i saved_abef_a = abef_a, saved_cdgh_a = cdgh_a;
+        __m128i saved_abef_b = abef_b, saved_cdgh_b = cdgh_b;
+        const __m128i *in = (const __m128i *)data;
+        __m128i m0 = _mm_shuffle_epi8(_mm_loadu_si128(in + 0), byteswap);
+        __m128i m1 = _mm_shuffle_epi8(_mm_loadu_si128(in + 1), byteswap);
+        __m128i m2 = _mm_shuffle_epi8(_mm_loadu_si128(in + 2), byteswap);
+        __m128i m3 = _mm_shuffle_epi8(_mm_loadu_si128(in + 3), byteswap);
+
+        X86_ROUNDS4_2(m0, 0);
+        X86_ROUNDS4_2(m1, 1);
+        X86_ROUNDS4_2(m2, 2);
+        X86_ROUNDS4_2(m3, 3);
+        for (int g = 4; g < 16; g += 4) {
+            m0 = X86_SCHEDULE(m0, m1, m2, m3);
+            X86_ROUNDS4_2(m0, g);
+            m1 = X86_SCHEDULE(m1, m2, m3, m0);
+            X86_ROUNDS4_2(m1, g + 1);
+            m2 = X86_SCHEDULE(m2, m3, m0, m1);
+            X86_ROUNDS4_2(m2, g + 2);
+            m3 = X86_SCHEDULE(m3, m0, m1, m2);
+            X86_ROUNDS4_2(m3, g + 3);
+        }
+
+        abef_a = _mm_add_epi32(abef_a, saved_abef_a);
+        cdgh_a = _mm_add_epi32(cdgh_a, saved_cdgh_a);
+        abef_b = _mm_add_epi32(abef_b, saved_abef_b);
+        cdgh_b = _mm_add_epi32(cdgh_b, saved_cdgh_b);
+        data += ESGZ_SHA256_BLOCK_SIZE;
+    }
+
+    __m128i abfe = _mm_shuffle_epi32(abef_a, 0x1b);
+    __m128i ghcd = _mm_shuffle_epi32(cdgh_a, 0xb1);
+    _mm_storeu_si128((__m128i *)&state_a[0], _mm_blend_epi16(abfe, ghcd, 0xf0));
+    _mm_storeu_si128((__m128i *)&state_a[4], _mm_alignr_epi8(ghcd, abfe, 8));
+    abfe = _mm_shuffle_epi32(abef_b, 0x1b);
+    ghcd = _mm_shuffle_epi32(cdgh_b, 0xb1);
+    _mm_storeu_si128((__m128i *)&state_b[0], _mm_blend_epi16(abfe, ghcd, 0xf0));
+    _mm_storeu_si128((__m128i *)&state_b[4], _mm_alignr_epi8(ghcd, abfe, 8));
+}
+
+#define X86_ROUNDS4_3(m, g)                                                    \
+    do {                                                                       \
+        __m128i wk = _mm_add_epi32(                                            \
+            (m), _mm_loadu_si128((const __m128i *)&K[4 * (g)]));               \
+        __m128i wk_hi = _mm_shuffle_epi32(wk, 0x0e);                           \
+        cdgh_a = _mm_sha256rnds2_epu32(cdgh_a, abef_a, wk);                    \
+        cdgh_b = _mm_sha256rnds2_epu32(cdgh_b, abef_b, wk);                    \
+        cdgh_c = _mm_sha256rnds2_epu32(cdgh_c, abef_c, wk);                    \
+        abef_a = _mm_sha256rnds2_epu32(abef_a, cdgh_a, wk_hi);                 \
+        abef_b = _mm_sha256rnds2_epu32(abef_b, cdgh_b, wk_hi);                 \
+        abef_c = _mm_sha256rnds2_epu32(abef_c, cdgh_c, wk_hi);                 \
+    } while (0)
+
+#define X86_LOAD_STATE(state, abef, cdgh)                                      \
+    do {                                                                       \
+        __m128i badc_ = _mm_shuffle_epi32(                                     \
+            _mm_loadu_si128((const __m128i *)&(state)[0]), 0xb1);              \
+        __m128i hgfe_ = _mm_shuffle_epi32(                                     \
+            _mm_loadu_si128((const __m128i *)&(state)[4]), 0x1b);              \
+        abef = _mm_alignr_epi8(badc_, hgfe_, 8);                               \
+        cdgh = _mm_blend_epi16(hgfe_, badc_, 0xf0);                            \
+    } while (0)
+
+#define X86_STORE_STATE(state, abef, cdgh)                                     \
+    do {                                                                       \
+        __m128i abfe_ = _mm_shuffle_epi32(abef, 0x1b);                         \
+        __m128i ghcd_ = _mm_shuffle_epi32(cdgh, 0xb1);                         \
+        _mm_storeu_si128((__m128i *)&(state)[0], _mm_blend_epi16(abfe_, ghcd_, 0xf0)); \
+        _mm_storeu_si128((__m128i *)&(state)[4], _mm_alignr_epi8(ghcd_, abfe_, 8));   \
+    } while (0)
+
+/* Three states over the same data (a layer's diffID, a chunk and its file). */
+X86_TARGET
+static void blocks_x86_triple(uint32_t state_a[8], uint32_t state_b[8],
+                              uint32_t state_c[8], const uint8_t *data, size_t blocks)
+{
+    const __m128i byteswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i abef_a, cdgh_a, abef_b, cdgh_b, abef_c, cdgh_c;
+
+    X86_LOAD_STATE(state_a, abef_a, cdgh_a);
+    X86_LOAD_STATE(state_b, abef_b, cdgh_b);
+    X86_LOAD_STATE(state_c, abef_c, cdgh_c);
+    while (blocks--) {
+        __m128i saved_abef_a = abef_a, saved_cdgh_a = cdgh_a;
+        __m128i saved_abef_b = abef_b, saved_cdgh_b = cdgh_b;
+        __m128i saved_abef_c = abef_c, saved_cdgh_c = cdgh_c;
+        const __m128i *in = (const __m128i *)data;
+        __m128i m0 = _mm_shuffle_epi8(_mm_loadu_si128(in + 0), byteswap);
+        __m128i m1 = _mm_shuffle_epi8(_mm_loadu_si128(in + 1), byteswap);
+        __m128i m2 = _mm_shuffle_epi8(_mm_loadu_si128(in + 2), byteswap);
+        __m128i m3 = _mm_shuffle_epi8(_mm_loadu_si128(in + 3), byteswap);
+
+        X86_ROUNDS4_3(m0, 0);
+        X86_ROUNDS4_3(m1, 1);
+        X86_ROUNDS4_3(m2, 2);
+        X86_ROUNDS4_3(m3, 3);
+        for (int g = 4; g < 16; g += 4) {
+            m0 = X86_SCHEDULE(m0, m1, m2, m3);
+            X86_ROUNDS4_3(m0, g);
+            m1 = X86_SCHEDULE(m1, m2, m3, m0);
+            X86_ROUNDS4_3(m1, g + 1);
+            m2 = X86_SCHEDULE(m2, m3, m0, m1);
+            X86_ROUNDS4_3(m2, g + 2);
+            m3 = X86_SCHEDULE(m3, m0, m1, m2);
+            X86_ROUNDS4_3(m3, g + 3);
+        }
+
+        abef_a = _mm_add_epi32(abef_a, saved_abef_a);
+        cdgh_a = _mm_add_epi32(cdgh_a, saved_cdgh_a);
+        abef_b = _mm_add_epi32(abef_b, saved_abef_b);
+        cdgh_b = _mm_add_epi32(cdgh_b, saved_cdgh_b);
+        abef_c = _mm_add_epi32(abef_c, saved_abef_c);
+        cdgh_c = _mm_add_epi32(cdgh_c, saved_cdgh_c);
+        data += ESGZ_SHA256_BLOCK_SIZE;
+    }
+    X86_STORE_STATE(state_a, abef_a, cdgh_a);
+    X86_STORE_STATE(state_b, abef_b, cdgh_b);
+    X86_STORE_STATE(state_c, abef_c, cdgh_c);
+}
+
 static int x86_has_sha(void)
 {
     unsigned int eax, ebx, ecx, edx;
@@ -219,7 +370,19 @@ static void blocks_arm64(uint32_t state[8], const uint8_t *data, size_t blocks)
 
 /* ---- dispatch ------------------------------------------------------- */
 
+typedef void (*pair_fn)(uint32_t a[8], uint32_t b[8], const uint8_t *data, size_t blocks);
+typedef void (*triple_fn)(uint32_t a[8], uint32_t b[8], uint32_t c[8], const uint8_t *data,
+                          size_t blocks);
+
+static void pair_by_blocks(uint32_t a[8], uint32_t b[8], const uint8_t *data, size_t blocks);
+static void triple_by_blocks(uint32_t a[8], uint32_t b[8], uint32_t c[8], const uint8_t *data,
+                             size_t blocks);
+
 static block_fn selected_blocks = blocks_portable;
+static pair_fn selected_pair = pair_by_blocks;
+static pair_fn hardware_pair = NULL;
+static triple_fn selected_triple = triple_by_blocks;
+static triple_fn hardware_triple = NULL;
 static block_fn hardware_blocks = NULL;
 static const char *selected_name = "portable";
 
@@ -228,6 +391,8 @@ void esgz_sha256_select(void)
 #ifdef ESGZ_X86
     if (x86_has_sha()) {
         hardware_blocks = blocks_x86;
+        hardware_pair = blocks_x86_pair;
+        hardware_triple = blocks_x86_triple;
         selected_name = "x86-sha";
     }
 #endif
@@ -239,6 +404,23 @@ void esgz_sha256_select(void)
 #endif
     if (hardware_blocks)
         selected_blocks = hardware_blocks;
+    if (hardware_pair)
+        selected_pair = hardware_pair;
+    if (hardware_triple)
+        selected_triple = hardware_triple;
+}
+
+static void triple_by_blocks(uint32_t a[8], uint32_t b[8], uint32_t c[8], const uint8_t *data,
+                             size_t blocks)
+{
+    selected_pair(a, b, data, blocks);
+    selected_blocks(c, data, blocks);
+}
+
+static void pair_by_blocks(uint32_t a[8], uint32_t b[8], const uint8_t *data, size_t blocks)
+{
+    selected_blocks(a, data, blocks);
+    selected_blocks(b, data, blocks);
 }
 
 const char *esgz_sha256_implementation(void)
@@ -249,6 +431,8 @@ const char *esgz_sha256_implementation(void)
 void esgz_sha256_force_portable(int on)
 {
     selected_blocks = (on || !hardware_blocks) ? blocks_portable : hardware_blocks;
+    selected_pair = (on || !hardware_pair) ? pair_by_blocks : hardware_pair;
+    selected_triple = (on || !hardware_triple) ? triple_by_blocks : hardware_triple;
 }
 
 void esgz_sha256_init(esgz_sha256 *ctx)
@@ -311,5 +495,45 @@ void esgz_sha256_digest(const esgz_sha256 *ctx, uint8_t out[ESGZ_SHA256_DIGEST_S
         out[4 * i + 1] = (uint8_t)(state[i] >> 16);
         out[4 * i + 2] = (uint8_t)(state[i] >> 8);
         out[4 * i + 3] = (uint8_t)state[i];
+    }
+}
+
+/* Feed ``size`` bytes to one, two or three contexts at once.  Contexts
+ * may hold different partial blocks; whole blocks that all of them take
+ * from the same input go through the pair or triple function, the rest
+ * through the ordinary update. */
+void esgz_sha256_update_many(esgz_sha256 **ctx, int count, const uint8_t *data, size_t size)
+{
+    int aligned = 1;
+    for (int i = 1; i < count; i++)
+        aligned &= ctx[i]->buffered == ctx[0]->buffered;
+    if (count == 1 || count > 3 || !aligned) {
+        for (int i = 0; i < count; i++)
+            esgz_sha256_update(ctx[i], data, size);
+        return;
+    }
+    if (ctx[0]->buffered) {
+        size_t take = ESGZ_SHA256_BLOCK_SIZE - ctx[0]->buffered;
+        if (take > size)
+            take = size;
+        for (int i = 0; i < count; i++)
+            esgz_sha256_update(ctx[i], data, take);
+        data += take;
+        size -= take;
+    }
+    size_t whole = size / ESGZ_SHA256_BLOCK_SIZE;
+    if (whole) {
+        if (count == 2)
+            selected_pair(ctx[0]->state, ctx[1]->state, data, whole);
+        else
+            selected_triple(ctx[0]->state, ctx[1]->state, ctx[2]->state, data, whole);
+        for (int i = 0; i < count; i++)
+            ctx[i]->length += whole * ESGZ_SHA256_BLOCK_SIZE;
+        data += whole * ESGZ_SHA256_BLOCK_SIZE;
+        size -= whole * ESGZ_SHA256_BLOCK_SIZE;
+    }
+    if (size) {
+        for (int i = 0; i < count; i++)
+            esgz_sha256_update(ctx[i], data, size);
     }
 }

@@ -30,6 +30,10 @@ void esgz_sha256_force_portable(int on);
 
 void esgz_sha256_init(esgz_sha256 *ctx);
 void esgz_sha256_update(esgz_sha256 *ctx, const uint8_t *data, size_t size);
+/* Update up to three contexts with the same bytes, in one pass when the
+ * CPU allows (more than three are updated one after another). */
+void esgz_sha256_update_many(esgz_sha256 **ctx, int count, const uint8_t *data,
+                             size_t size);
 /* Writes the digest; ctx is left unchanged, so hashing may continue. */
 void esgz_sha256_digest(const esgz_sha256 *ctx, uint8_t out[ESGZ_SHA256_DIGEST_SIZE]);
 

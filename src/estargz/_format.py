@@ -238,24 +238,31 @@ class TOCRecord:
         return ",\n".join(parts) + "\n\t\t}"
 
 
-def encode_toc(records: list[TOCRecord]) -> bytes:
+def encode_toc_pieces(records: list[TOCRecord]) -> list[bytes]:
     """The TOC JSON exactly as Go's ``json.MarshalIndent(toc, "", "\\t")``
-    writes it, user and group names only where they change."""
+    writes it, as pieces to join or stream: user and group names only where
+    they change."""
     if not records:
-        return b'{\n\t"version": 1,\n\t"entries": null\n}'
+        return [b'{\n\t"version": 1,\n\t"entries": null\n}']
     users: dict[int, bytes] = {}
     groups: dict[int, bytes] = {}
-    encoded = []
-    for record in records:
+    pieces = [b'{\n\t"version": 1,\n\t"entries": [\n']
+    last = len(records) - 1
+    for i, record in enumerate(records):
         uname = gname = b""
         if record.type != "chunk":
             if record.uname and users.get(record.uid) != record.uname:
                 users[record.uid] = uname = record.uname
             if record.gname and groups.get(record.gid) != record.gname:
                 groups[record.gid] = gname = record.gname
-        encoded.append(record.encode(uname, gname))
-    body = ",\n".join(encoded)
-    return ('{\n\t"version": 1,\n\t"entries": [\n' + body + "\n\t]\n}").encode("utf-8")
+        text = record.encode(uname, gname) + (",\n" if i < last else "\n\t]\n}")
+        pieces.append(text.encode("utf-8"))
+    return pieces
+
+
+def encode_toc(records: list[TOCRecord]) -> bytes:
+    """The whole TOC JSON (see :func:`encode_toc_pieces`)."""
+    return b"".join(encode_toc_pieces(records))
 
 
 # -- small tar headers -------------------------------------------------------

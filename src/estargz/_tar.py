@@ -23,7 +23,6 @@ ZERO_BLOCK = bytes(BLOCK)
 # Largest PAX or GNU long-name header this reader accepts, as Go's does.
 MAX_SPECIAL_SIZE = 1 << 20
 
-_OCTAL = re.compile(rb"[0-7]+")
 _DECIMAL = re.compile(rb"-?[0-9]+")
 
 MAGIC_USTAR = b"ustar\x00"
@@ -171,7 +170,7 @@ class TarReader:
     # -- numbers -----------------------------------------------------------
 
     def _numeric(self, field: bytes, what: str, offset: int) -> int:
-        if field and field[0] & 0x80:
+        if field[0] & 0x80:
             # Base-256 (GNU), two's complement when bit 6 of the first byte is set.
             negative = bool(field[0] & 0x40)
             value = int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
@@ -180,10 +179,13 @@ class TarReader:
             if not -(1 << 63) <= value < (1 << 63):
                 raise self._error(f"{what} field overflows", offset)
             return value
-        text = _cstring(field.strip(b" \x00"))
+        text = field.strip(b" \x00")
+        end = text.find(b"\x00")
+        if end >= 0:
+            text = text[:end]
         if not text:
             return 0
-        if not _OCTAL.fullmatch(text):
+        if text.translate(None, b"01234567"):
             raise self._error(f"{what} field {field!r} is not an octal number", offset)
         return int(text, 8)
 

@@ -49,10 +49,9 @@ from estargz._format import (
     TOC_TAR_NAME,
     TOCRecord,
     clean_name,
-    encode_toc,
+    encode_toc_pieces,
     footer,
     format_modtime,
-    toc_tar,
     ustar_header,
 )
 from estargz._tar import BLOCK, ByteSource, TarEntry, TarReader
@@ -76,11 +75,15 @@ TYPES = {
 }
 # A batch handed to a worker holds at least this many uncompressed bytes.
 BATCH_BYTES = 1 << 20
-# Chunks above this size are compressed as several segments of one member.
-SEGMENT_LIMIT = 4 << 20
+# Chunks above this size are compressed as several segments of one member,
+# which keeps the memory of a batch small whatever the chunk size.
+SEGMENT_LIMIT = 512 << 10
 # Segments below this size are primed with the 32 KiB before them.
 PRIME_LIMIT = 64 << 10
 DICTIONARY = 32 << 10
+# A batch never outgrows this: it is closed at the first cut past
+# BATCH_BYTES, and no segment is longer than SEGMENT_LIMIT.
+BATCH_CAPACITY = DICTIONARY + BATCH_BYTES + SEGMENT_LIMIT
 
 Source = Union[PathLike, BinaryIO]
 
@@ -186,7 +189,7 @@ def _open_input(source: Source, stack: list[Any]) -> _Input:
             raw: BinaryIO = sys.stdin.buffer
         else:
             try:
-                raw = open(source, "rb", buffering=1 << 20)  # noqa: SIM115
+                raw = open(source, "rb", buffering=1 << 16)  # noqa: SIM115
             except OSError as exc:
                 raise InputError(f"cannot open input {os.fspath(source)!r}: {exc}") from exc
             stack.append(raw)
@@ -260,32 +263,53 @@ def read_prioritized_files(path: PathLike) -> list[str]:
 
 # -- compression pipeline ----------------------------------------------------
 
-_START, _CHUNK, _CONTINUATION = 0, 1, 2
+_START = _native.KIND_START
+_CHUNK = _native.KIND_CHUNK
+_LANDMARK = _native.KIND_LANDMARK
+_CONTINUATION = _native.KIND_CONTINUATION
 
 
-class _Segments:
-    """Segment metadata of one batch."""
+class _Batch:
+    """Segments on their way to a worker: the bytes and what each one is."""
 
-    __slots__ = ("kinds", "landmarks", "records", "span_records")
+    __slots__ = (
+        "begin",
+        "buffer",
+        "ends",
+        "hash_jobs",
+        "kinds",
+        "records",
+        "size",
+        "span_records",
+        "spans",
+        "view",
+    )
 
-    def __init__(self) -> None:
-        self.kinds: list[int] = []
-        self.records: list[Optional[TOCRecord]] = []
-        self.landmarks: list[bool] = []
+    def __init__(self, buffer: bytearray, history: Any) -> None:
+        self.buffer = buffer
+        self.view = memoryview(buffer)
+        self.begin = self.size = len(history)
+        self.view[: self.size] = history
+        self.ends = array("Q")
+        # One more entry than ``ends``: the last describes the open segment.
+        self.kinds = bytearray([_START])
+        self.records: list[Optional[TOCRecord]] = [None]
+        self.spans = array("Q")
         self.span_records: list[TOCRecord] = []
+        # Sequential digests the hashing thread computes: (start, end, chunk
+        # hash, file hash or None, record whose chunk digest is now complete,
+        # record whose file digest is now complete).
+        self.hash_jobs: list[tuple[int, int, Any, Any, Any, Any]] = []
 
 
 class _BlobBuilder:
     """Compresses the uncompressed stream into gzip members (see the module
     docstring) and writes them, in order, to ``out``."""
 
-    def __init__(
-        self, out: BinaryIO, level: int, min_chunk_size: int, threads: int, joined: bool
-    ) -> None:
+    def __init__(self, out: BinaryIO, level: int, min_chunk_size: int, threads: int) -> None:
         self.out = out
         self.level = level
         self.min_chunk_size = min_chunk_size
-        self.joined = joined  # segments joined into members (else one each)
         self.threads = threads
         self.diff_hash = _native.Sha256()
         self.blob_hash = _native.Sha256()
@@ -293,114 +317,174 @@ class _BlobBuilder:
         self.uncompressed_size = 0
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="estargz")
-        self._inflight: collections.deque[tuple[Future[tuple[bytes, bytes, bytes, bytes]], Any]] = (
+        # The diffID and digests that span segments are sequential: one thread
+        # computes them, batch after batch, beside the compressing workers.
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="estargz-sha")
+        self._inflight: collections.deque[tuple[Future[tuple[bytes, bytes, bytes, bytes]], Future[None], _Batch]] = (
             collections.deque()
         )
-        self._main = _native.MemberCompressor(level)
-        self._new_batch(b"")
-        # The member being assembled (joined mode).
+        self._header = _native.gzip_header(level)
+        # Batch buffers are allocated once and reused: no growth, no copies.
+        self._spare: list[bytearray] = []
+        self._batch = _Batch(self._buffer(), b"")
+        self._seg_start = 0
+        # The member being assembled.
         self._member_open = False
         self._member_offset = 0
         self._member_crc = 0
         self._member_usize = 0
-        self._member_csize = 0
+
+    def _buffer(self) -> bytearray:
+        return self._spare.pop() if self._spare else bytearray(BATCH_CAPACITY)
 
     # producer side ----------------------------------------------------------
 
-    def _new_batch(self, history: bytes) -> None:
-        self._buf = bytearray(history)
-        self._begin = len(history)
-        self._ends = array("Q")
-        self._spans = array("Q")
-        self._meta = _Segments()
-        self._meta.kinds.append(_START)
-        self._meta.records.append(None)
-        self._meta.landmarks.append(False)
-        self._seg_start = len(history)
-
-    def append(self, data: bytes) -> None:
-        """Add bytes to the stream, in the open segment."""
-        if data:
-            self._buf += data
-            self.diff_hash.update(data)
-            self.uncompressed_size += len(data)
-
-    def _cut(self, kind: int, record: Optional[TOCRecord], landmark: bool) -> None:
-        meta = self._meta
-        if len(self._buf) == self._seg_start:
-            # Nothing in the open segment yet: it becomes the new one.
-            meta.kinds[-1] = kind
-            meta.records[-1] = record
-            meta.landmarks[-1] = landmark
-            return
-        self._ends.append(len(self._buf))
-        if len(self._buf) - self._begin >= BATCH_BYTES:
-            self._submit()
-            meta = self._meta
-            meta.kinds[-1] = kind
-            meta.records[-1] = record
-            meta.landmarks[-1] = landmark
-            return
-        meta.kinds.append(kind)
-        meta.records.append(record)
-        meta.landmarks.append(landmark)
-        self._seg_start = len(self._buf)
-
-    def add_chunk(self, record: TOCRecord, data: bytes, landmark: bool = False) -> None:
-        """Add one chunk of file data; it starts a new segment."""
+    def append(self, data: Any) -> None:
+        """Add bytes to the stream, in the open segment (a segment never grows
+        past ``SEGMENT_LIMIT``: the excess opens a continuation)."""
         size = len(data)
-        pieces = range(0, size, SEGMENT_LIMIT) if size > SEGMENT_LIMIT else [0]
-        digest = _native.Sha256() if size > SEGMENT_LIMIT else None
-        for start in pieces:
-            piece = data[start : start + SEGMENT_LIMIT] if digest else data
-            self._cut(_CONTINUATION if start else _CHUNK, record, landmark)
-            if digest is None:
-                position = len(self._buf)
-                self._spans.append(position)
-                self._spans.append(position + size)
-                self._meta.span_records.append(record)
-            else:
-                digest.update(piece)
-            self.append(piece)
-        if digest is not None:
-            record.chunk_digest = _digest(digest)
+        if not size:
+            return
+        self.uncompressed_size += size
+        batch = self._batch
+        room = SEGMENT_LIMIT - (batch.size - self._seg_start)
+        if size <= room:
+            batch.view[batch.size : batch.size + size] = data
+            batch.size += size
+            return
+        data = memoryview(data)
+        done = 0
+        while done < size:
+            batch = self._batch
+            room = SEGMENT_LIMIT - (batch.size - self._seg_start)
+            if room <= 0:
+                self._cut(_CONTINUATION, None)
+                continue
+            take = min(room, size - done)
+            batch.view[batch.size : batch.size + take] = data[done : done + take]
+            batch.size += take
+            done += take
 
-    def _submit(self) -> None:
-        data = bytes(self._buf)
-        count = len(self._ends)
-        meta = self._meta
-        primed = None
-        members = not self.joined
-        if self.joined:
-            primed = bytes(
-                1
-                if kind == _CONTINUATION
-                or (kind == _CHUNK and self._ends[i] - (self._ends[i - 1] if i else self._begin) < PRIME_LIMIT)
-                else 0
-                for i, kind in enumerate(meta.kinds[:count])
+    def _cut(self, kind: int, record: Optional[TOCRecord]) -> None:
+        """Close the open segment; the next one is of ``kind``."""
+        batch = self._batch
+        if batch.size > self._seg_start:
+            batch.ends.append(batch.size)
+            if batch.size - batch.begin >= BATCH_BYTES:
+                self._submit(kind)
+                batch = self._batch
+            else:
+                batch.kinds.append(kind)
+                batch.records.append(record)
+                self._seg_start = batch.size
+                return
+        # The open segment is empty: it becomes the new one.
+        batch.kinds[-1] = kind
+        batch.records[-1] = record
+
+    def add_chunk(
+        self,
+        record: TOCRecord,
+        read_into: Callable[[memoryview], None],
+        size: int,
+        file_hash: Optional[_native.Sha256] = None,
+        landmark: bool = False,
+    ) -> None:
+        """Add one chunk of file data, read by ``read_into`` straight into the
+        batch; it starts a new segment (several when it is larger than a
+        segment may be)."""
+        self.uncompressed_size += size
+        if size <= SEGMENT_LIMIT and file_hash is None:
+            # One segment: the worker compressing it hashes it too.
+            self._cut(_LANDMARK if landmark else _CHUNK, record)
+            batch = self._batch
+            start = batch.size
+            read_into(batch.view[start : start + size])
+            batch.size += size
+            batch.spans.append(start)
+            batch.spans.append(start + size)
+            batch.span_records.append(record)
+            return
+        chunk_hash = _native.Sha256()
+        done = 0
+        while done < size:
+            take = min(size - done, SEGMENT_LIMIT)
+            first = _LANDMARK if landmark else _CHUNK
+            self._cut(_CONTINUATION if done else first, record)
+            batch = self._batch
+            start = batch.size
+            read_into(batch.view[start : start + take])
+            batch.size += take
+            done += take
+            batch.hash_jobs.append(
+                (start, start + take, chunk_hash, file_hash, record if done == size else None, None)
             )
+
+    def finish_file(self, record: TOCRecord, file_hash: _native.Sha256) -> None:
+        """The file whose last chunk was just added gets its digest once the
+        hashing thread reaches it."""
+        jobs = self._batch.hash_jobs
+        start, end, chunk_hash, _, chunk_record, _ = jobs[-1]
+        jobs[-1] = (start, end, chunk_hash, file_hash, chunk_record, record)
+
+    def _hash(self, batch: _Batch) -> None:
+        """The sequential digests of one batch: the diffID over all of it, and
+        chunks and files that span segments, in one pass where they overlap."""
+        view = batch.view
+        position = batch.begin
+        diff = self.diff_hash
+        for start, end, chunk_hash, file_hash, chunk_record, file_record in batch.hash_jobs:
+            if position < start:
+                diff.update(view[position:start])
+            diff.update_with(chunk_hash, view[start:end], file_hash)
+            position = end
+            if chunk_record is not None:
+                chunk_record.chunk_digest = _digest(chunk_hash)
+            if file_record is not None:
+                file_record.digest = _digest(file_hash)
+        if position < batch.size:
+            diff.update(view[position : batch.size])
+
+    def _submit(self, next_kind: Optional[int]) -> None:
+        batch = self._batch
+        del batch.kinds[len(batch.ends) :]
+        hashing = self._hasher.submit(self._hash, batch)
         job = self._pool.submit(
-            self._work, data, self._begin, self._ends, self._spans, primed, members
+            self._work,
+            batch.view[: batch.size],
+            batch.begin,
+            batch.ends,
+            bytes(batch.kinds),
+            next_kind == _CONTINUATION,
+            batch.spans,
         )
-        self._inflight.append((job, (data, self._begin, self._ends, meta, primed)))
-        history = data[-DICTIONARY:] if self.joined else b""
-        self._new_batch(history)
-        while len(self._inflight) > self.threads + 1:
+        self._inflight.append((job, hashing, batch))
+        # The next batch keeps the last 32 KiB, the dictionary of a member
+        # carried over, and describes the segment that is now open.
+        history = batch.view[max(0, batch.size - DICTIONARY) : batch.size]
+        following = _Batch(self._buffer(), history)
+        following.kinds[0] = next_kind if next_kind is not None else _START
+        del batch.records[len(batch.ends) :]
+        self._batch = following
+        self._seg_start = following.begin
+        while len(self._inflight) > 2 * self.threads:
             self._collect()
 
     def _work(
         self,
-        data: bytes,
+        data: memoryview,
         begin: int,
         ends: array[int],
+        kinds: bytes,
+        open_at_end: bool,
         spans: array[int],
-        primed: Optional[bytes],
-        members: bool,
     ) -> tuple[bytes, bytes, bytes, bytes]:
         compressor = getattr(self._local, "compressor", None)
         if compressor is None:
             compressor = self._local.compressor = _native.MemberCompressor(self.level)
-        return compressor.compress_batch(data, begin, ends, spans, primed, members)
+        return compressor.compress_layer(
+            data, begin, ends, kinds, self.min_chunk_size, open_at_end, spans
+        )
 
     # consumer side ----------------------------------------------------------
 
@@ -410,75 +494,62 @@ class _BlobBuilder:
         self.blob_size += len(data)
 
     def _collect(self) -> None:
-        job, (data, begin, ends, meta, primed) = self._inflight.popleft()
-        compressed, raw_ends, raw_crcs, digests = job.result()
-        out_ends = memoryview(raw_ends).cast("Q")
-        for i, record in enumerate(meta.span_records):
-            record.chunk_digest = "sha256:" + digests[32 * i : 32 * i + 32].hex()
-        if not self.joined:
-            base = self.blob_size
-            for i, record in enumerate(meta.records[: len(ends)]):
-                if record is not None:
-                    record.offset = base + (out_ends[i - 1] if i else 0)
-            self._write(compressed)
-            return
-        crcs = memoryview(raw_crcs).cast("I")
-        start = begin
+        job, hashing, batch = self._inflight.popleft()
+        compressed, raw_pieces, raw_positions, digests = job.result()
+        hashing.result()
+        for i, chunk in enumerate(batch.span_records):
+            chunk.chunk_digest = "sha256:" + digests[32 * i : 32 * i + 32].hex()
+        pieces = memoryview(raw_pieces).cast("Q")
+        positions = memoryview(raw_positions).cast("Q")
+        source = memoryview(compressed)
+        out = bytearray()
+        # Where each piece's member starts in the blob, and how many
+        # uncompressed bytes of that member came before the piece.
+        piece_member: list[tuple[int, int]] = []
         previous = 0
-        for i in range(len(ends)):
-            end = ends[i]
-            segment = compressed[previous : out_ends[i]]
-            crc = crcs[i]
-            previous = out_ends[i]
-            kind = meta.kinds[i]
-            new_member = not self._member_open or (
-                kind == _CHUNK
-                and (meta.landmarks[i] or self._member_csize >= self.min_chunk_size)
-            )
-            if new_member:
-                self._close_member()
-                if primed is not None and primed[i]:
-                    segment, crc = self._main.compress_segment(data[start:end])
+        for p in range(len(pieces) // 4):
+            end, usize, crc, flags = pieces[4 * p : 4 * p + 4]
+            if flags & 1:
+                if self._member_open:
+                    raise AssertionError("a member opened inside an open one")
                 self._member_open = True
-                self._member_offset = self.blob_size
+                self._member_offset = self.blob_size + len(out)
                 self._member_crc = 0
                 self._member_usize = 0
-                self._member_csize = 10
-                self._write(_native.gzip_header(self.level))
-            record = meta.records[i]
-            if kind == _CHUNK and record is not None:
-                record.offset = self._member_offset
-                record.inner_offset = self._member_usize
-            self._write(segment)
-            self._member_crc = _native.crc32_combine(self._member_crc, crc, end - start)
-            self._member_usize += end - start
-            self._member_csize += len(segment)
-            start = end
-
-    def _close_member(self) -> None:
-        if not self._member_open:
-            return
-        self._write(_native.FINAL_EMPTY_BLOCK)
-        self._write(_native.gzip_trailer(self._member_crc, self._member_usize))
-        self._member_open = False
+                out += self._header
+            piece_member.append((self._member_offset, self._member_usize))
+            out += source[previous:end]
+            previous = end
+            self._member_crc = _native.crc32_combine(self._member_crc, crc, usize)
+            self._member_usize += usize
+            if flags & 2:
+                out += _native.gzip_trailer(self._member_crc, self._member_usize)
+                self._member_open = False
+        for i, record in enumerate(batch.records):
+            if record is not None and batch.kinds[i] != _CONTINUATION:
+                member_offset, before = piece_member[positions[2 * i]]
+                record.offset = member_offset
+                record.inner_offset = before + positions[2 * i + 1]
+        self._write(out)
+        if len(self._spare) < 2 * self.threads + 2:
+            self._spare.append(batch.buffer)
 
     def finish(self) -> None:
         """Compress and write everything still pending."""
-        if len(self._buf) > self._seg_start:
-            self._ends.append(len(self._buf))
-        if len(self._ends):
-            self._submit()
+        batch = self._batch
+        if batch.size > self._seg_start:
+            batch.ends.append(batch.size)
+        if len(batch.ends):
+            self._submit(None)
         while self._inflight:
             self._collect()
-        self._close_member()
 
     def close(self) -> None:
-        for job, _ in self._inflight:
+        for job, hashing, _ in self._inflight:
             job.cancel()
+            hashing.cancel()
         self._pool.shutdown(wait=True)
-
-    def compress_whole(self, data: bytes) -> bytes:
-        return self._main.compress(data)
+        self._hasher.shutdown(wait=True)
 
     def write_raw(self, data: bytes) -> None:
         self._write(data)
@@ -509,7 +580,11 @@ class _Converter:
         )
         self._add_records([record], clean_name(name))
         self.builder.append(ustar_header(name, 1))
-        self.builder.add_chunk(record, LANDMARK_CONTENTS, landmark=True)
+
+        def fill(view: memoryview) -> None:
+            view[:] = LANDMARK_CONTENTS
+
+        self.builder.add_chunk(record, fill, 1, landmark=True)
         self.builder.append(bytes(BLOCK - 1))
 
     def _add_records(self, records: list[TOCRecord], name: bytes) -> None:
@@ -595,18 +670,16 @@ class _Converter:
                 current.chunk_offset = position
             if size - position >= self.chunk_size:
                 current.chunk_size = self.chunk_size
-            data = reader.read_payload(take)
-            if file_hash is not None:
-                file_hash.update(data)
-            self.builder.add_chunk(current, data)
+            self.builder.add_chunk(current, reader.readinto_payload, take, file_hash)
             records.append(current)
             position += take
+        if file_hash is not None:
+            self.builder.finish_file(record, file_hash)
         padding = reader.read_padding()
         self.builder.append(padding if self.lossless else bytes(len(padding)))
-        if file_hash is not None:
-            record.digest = _digest(file_hash)
-        else:
-            record.digest = ""  # filled from the chunk digest when it arrives
+        # Digests arrive later, from the threads: a multi-chunk file's from
+        # the hashing thread, a single-chunk file's is its chunk's (copied by
+        # finish_records).
         self._add_records(records, name)
 
     def finish_records(self) -> list[TOCRecord]:
@@ -680,6 +753,60 @@ def _sorted_entries(
                 raise InputError(f"prioritized file {path!r} is not in the layer")
             missing.append(path)
     return list(moved.values()) + [(None, {})] + list(stream.values()), missing  # type: ignore[list-item]
+
+
+def _write_toc(
+    builder: _BlobBuilder,
+    records: list[TOCRecord],
+    level: int,
+    external: Optional[BinaryIO],
+) -> tuple[str, int, _native.Sha256]:
+    """Write the TOC tar as one gzip member, streaming: into the blob (and
+    the diffID), or into ``external``.  Returns the TOC digest and the size
+    and hash of the member."""
+    pieces = encode_toc_pieces(records)
+    json_size = sum(len(piece) for piece in pieces)
+    toc_hash = _native.Sha256()
+    member_hash = _native.Sha256()
+    member_size = 0
+    writer = _native.MemberWriter(level)
+    pending: list[bytes] = []
+    pending_size = 0
+
+    def emit(compressed: bytes) -> None:
+        nonlocal member_size
+        member_hash.update(compressed)
+        member_size += len(compressed)
+        if external is not None:
+            external.write(compressed)
+        else:
+            builder.write_raw(compressed)
+
+    def flush() -> None:
+        nonlocal pending_size
+        data = b"".join(pending)
+        pending.clear()
+        pending_size = 0
+        if external is None:
+            builder.diff_hash.update(data)
+            builder.uncompressed_size += len(data)
+        emit(writer.write(data))
+
+    def add(data: bytes) -> None:
+        nonlocal pending_size
+        pending.append(data)
+        pending_size += len(data)
+        if pending_size >= 1 << 18:
+            flush()
+
+    add(ustar_header(TOC_TAR_NAME, json_size))
+    for piece in pieces:
+        toc_hash.update(piece)
+        add(piece)
+    add(bytes(-json_size % BLOCK) + bytes(2 * BLOCK))
+    flush()
+    emit(writer.finish())
+    return _digest(toc_hash), member_size, member_hash
 
 
 def convert(
@@ -792,8 +919,7 @@ def _convert(
     threads: int,
 ) -> ConvertResult:
     opened = _open_input(source, stack)
-    joined = min_chunk_size > 0 or chunk_size > SEGMENT_LIMIT
-    builder = _BlobBuilder(out, level, min_chunk_size, threads, joined)
+    builder = _BlobBuilder(out, level, min_chunk_size, threads)
     stack.append(builder)
     converter = _Converter(builder, chunk_size, lossless)
 
@@ -837,24 +963,17 @@ def _convert(
 
     builder.finish()
     records = converter.finish_records()
-    toc_json = encode_toc(records)
-    toc_digest = "sha256:" + _native.Sha256(toc_json).hexdigest()
-    toc_member = builder.compress_whole(toc_tar(toc_json))
     external_digest = None
     external_size = None
+    toc_digest, toc_member_size, toc_member_hash = _write_toc(
+        builder, records, level, toc_file if external else None
+    )
     if external:
-        assert toc_file is not None
-        toc_file.write(toc_member)
-        external_digest = "sha256:" + _native.Sha256(toc_member).hexdigest()
-        external_size = len(toc_member)
+        external_digest = _digest(toc_member_hash)
+        external_size = toc_member_size
         builder.write_raw(EXTERNAL_TOC_FOOTER)
     else:
-        tar = toc_tar(toc_json)
-        builder.diff_hash.update(tar)
-        builder.uncompressed_size += len(tar)
-        toc_offset = builder.blob_size
-        builder.write_raw(toc_member)
-        builder.write_raw(footer(toc_offset))
+        builder.write_raw(footer(builder.blob_size - toc_member_size))
     log.info(
         "converted a layer: %d TOC entries, %d bytes in, %d bytes out",
         len(records),

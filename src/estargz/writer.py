@@ -467,7 +467,7 @@ class _BlobBuilder:
         del batch.records[len(batch.ends) :]
         self._batch = following
         self._seg_start = following.begin
-        while len(self._inflight) > 2 * self.threads:
+        while len(self._inflight) > self.threads + 1:
             self._collect()
 
     def _work(
@@ -531,7 +531,7 @@ class _BlobBuilder:
                 record.offset = member_offset
                 record.inner_offset = before + positions[2 * i + 1]
         self._write(out)
-        if len(self._spare) < 2 * self.threads + 2:
+        if len(self._spare) < 2:
             self._spare.append(batch.buffer)
 
     def finish(self) -> None:

@@ -113,10 +113,13 @@ def json_string(value: bytes) -> str:
     return '"' + text.translate(_ESCAPE_TABLE) + '"'
 
 
-def go_name(value: bytes) -> bytes:
-    """What a name becomes after a trip through Go's JSON: invalid UTF-8
-    bytes turn into U+FFFD."""
-    return value.decode("utf-8", "replace").encode("utf-8")
+_INVALID_BYTES = {code: "\ufffd" for code in range(0xDC80, 0xDD00)}
+
+
+def go_text(value: bytes) -> str:
+    """What bytes become after a trip through Go's JSON: every byte that is
+    not part of valid UTF-8 turns into U+FFFD, one per byte."""
+    return value.decode("utf-8", "surrogateescape").translate(_INVALID_BYTES)
 
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)

@@ -7,11 +7,18 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from estargz.errors import EStargzError
 
 log = logging.getLogger("estargz")
+
+if TYPE_CHECKING:
+    from estargz.reader import Blob
+
+
+class EStargzErrorForCLI(Exception):
+    """A user error the CLI reports in one line (a missing path, say)."""
 
 
 def _size(text: str) -> int:
@@ -141,6 +148,153 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open(args: argparse.Namespace, **options: object) -> "Blob":
+    from estargz.reader import open_blob
+
+    return open_blob(args.blob, external_toc=args.external_toc, **options)  # type: ignore[arg-type]
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    blob = _open(args)
+    toc = blob.toc
+    types: dict[str, int] = {}
+    for entry in toc.entries:
+        types[entry.type] = types.get(entry.type, 0) + 1
+    members = len(set(toc.chunks.offset.tolist()))
+    report = {
+        "format": blob.format,
+        "blobSize": blob.source.size,
+        "footerSize": blob.footer.size,
+        "tocOffset": blob.footer.toc_offset,
+        "tocCompressedSize": blob.toc_size,
+        "tocSize": len(blob.toc_json),
+        "tocDigest": blob.toc_digest,
+        "tocVersion": toc.version,
+        "entries": len(toc.entries),
+        "entriesByType": dict(sorted(types.items())),
+        "chunks": len(toc.chunks),
+        "members": members,
+        "fileBytes": int(toc.chunks.size.sum()),
+    }
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    width = max(len(key) for key in report)
+    for key, value in report.items():
+        if key == "entriesByType":
+            value = ", ".join(f"{n} {t}" for t, n in value.items())  # type: ignore[union-attr]
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    import stat as st
+
+    blob = _open(args)
+    type_bits = {
+        "dir": st.S_IFDIR,
+        "reg": st.S_IFREG,
+        "symlink": st.S_IFLNK,
+        "hardlink": st.S_IFREG,
+        "char": st.S_IFCHR,
+        "block": st.S_IFBLK,
+        "fifo": st.S_IFIFO,
+    }
+    for entry in blob.toc.entries:
+        mode = st.filemode(type_bits.get(entry.type, 0) | (entry.mode & 0o7777))
+        if entry.type == "hardlink":
+            mode = "h" + mode[1:]
+        owner = f"{entry.user_name or entry.uid}/{entry.group_name or entry.gid}"
+        moment = entry.mtime
+        when = moment.strftime("%Y-%m-%d %H:%M") if moment else "                "
+        size = f"{entry.dev_major},{entry.dev_minor}" if entry.type in ("char", "block") else str(entry.size)
+        line = f"{mode} {owner:<17} {size:>10} {when} {entry.raw_name}"
+        if entry.type == "symlink":
+            line += f" -> {entry.link_name}"
+        elif entry.type == "hardlink":
+            line += f" link to {entry.link_name}"
+        print(line)
+    return 0
+
+
+def _cmd_cat(args: argparse.Namespace) -> int:
+    blob = _open(args)
+    try:
+        source = blob.open(args.path)
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise EStargzErrorForCLI(str(exc)) from exc
+    out = sys.stdout.buffer
+    with source:
+        while True:
+            block = source.read(1 << 20)
+            if not block:
+                break
+            out.write(block)
+    out.flush()
+    return 0
+
+
+def _cmd_toc(args: argparse.Namespace) -> int:
+    blob = _open(args)
+    sys.stdout.buffer.write(blob.toc_json)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    blob = _open(args)
+    report = blob.verify(toc_digest=args.toc_digest)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": True,
+                    "format": blob.format,
+                    "tocDigest": report.toc_digest,
+                    "entries": report.entries,
+                    "chunks": report.chunks,
+                    "members": report.members,
+                    "uncompressedBytes": report.uncompressed_bytes,
+                }
+            )
+        )
+    else:
+        checked = "TOC digest matches, " if args.toc_digest else ""
+        print(
+            f"ok: {checked}{report.entries} entries, {report.chunks} chunks in "
+            f"{report.members} gzip members verified ({_human(report.uncompressed_bytes)} "
+            f"of tar stream agree with the TOC)"
+        )
+    return 0
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from estargz._extract import extract
+
+    blob = _open(args)
+    report = extract(blob, args.directory, xattrs=not args.no_xattrs)
+    if not args.quiet:
+        skipped = f", {report.skipped_devices} device files skipped (not root)" if report.skipped_devices else ""
+        print(
+            f"extracted {report.files} files ({_human(report.bytes)}), "
+            f"{report.directories} directories, {report.symlinks} symlinks, "
+            f"{report.hardlinks} hardlinks, {report.devices + report.fifos} devices and "
+            f"fifos{skipped}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _cmd_unpack(args: argparse.Namespace) -> int:
+    from estargz._extract import unpack
+
+    blob = _open(args)
+    written = unpack(blob, args.output)
+    if args.output != "-" and not args.quiet:
+        print(f"wrote {args.output}: {_human(written)} tar", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="estargz",
@@ -167,6 +321,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--json", action="store_true", help="print one JSON report")
     convert.set_defaults(func=_cmd_convert)
+
+    def reader_command(name: str, help: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+        command.add_argument("blob", metavar="BLOB", help="an eStargz or legacy stargz blob")
+        command.add_argument(
+            "--external-toc",
+            metavar="FILE",
+            help="the TOC of a blob that keeps it outside (gzip-compressed TOC tar)",
+        )
+        command.set_defaults(func=func)
+        return command
+
+    info = reader_command("info", "show a blob's format, footer, TOC and counts", _cmd_info)
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    reader_command("ls", "list a blob's entries, like tar tv", _cmd_ls)
+    cat = reader_command("cat", "write one file of a blob to standard output", _cmd_cat)
+    cat.add_argument("path", metavar="PATH")
+    reader_command("toc", "write the TOC JSON exactly as stored", _cmd_toc)
+    verify = reader_command(
+        "verify", "check the TOC, every chunk and the tar stream of a blob", _cmd_verify
+    )
+    verify.add_argument("--toc-digest", metavar="DIGEST", help="the expected TOC digest")
+    verify.add_argument("--json", action="store_true", help="print one JSON object")
+    extract = reader_command("extract", "extract a blob into a directory", _cmd_extract)
+    extract.add_argument("directory", metavar="DIR")
+    extract.add_argument(
+        "--no-xattrs", action="store_true", help="do not set extended attributes"
+    )
+    unpack = reader_command(
+        "unpack", "write the blob's layer as a plain tar, without the TOC", _cmd_unpack
+    )
+    unpack.add_argument("output", metavar="OUT", help="the tar, or - for standard output")
     return parser
 
 
@@ -209,7 +395,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         return func(args)
-    except EStargzError as exc:
+    except (EStargzError, EStargzErrorForCLI) as exc:
         print(f"estargz: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,0 +1,595 @@
+"""Open eStargz blobs, read files lazily, verify everything.
+
+A :class:`Blob` sits on any source that serves byte ranges (a file, bytes,
+or a callable such as an HTTP range request).  Opening it reads the footer
+and the TOC only; reading a file fetches and inflates just the gzip members
+that hold the bytes asked for, starting at the chunk's ``innerOffset``, and
+checks every chunk against its ``chunkDigest``.  :meth:`Blob.verify` reads
+the whole blob once and also checks that the tar stream inside agrees with
+the TOC, which the chunk digests alone do not guarantee.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Optional, Union
+
+from estargz import _native
+from estargz._format import (
+    EXTERNAL_TOC_FOOTER_SIZE,
+    FOOTER_SIZE,
+    LEGACY_FOOTER_SIZE,
+    TOC_TAR_NAME,
+    go_text,
+)
+from estargz._source import RangeSource, as_source
+from estargz._tar import BLOCK, ByteSource, TarReader
+from estargz._util import PathLike
+from estargz.errors import BlobFormatError, EStargzError, NativeError, VerificationError
+from estargz.toc import TOC, TOCEntry, clean_name
+
+__all__ = ["Blob", "EntryFile", "VerifyReport", "open_blob"]
+
+log = logging.getLogger(__name__)
+
+# The largest uncompressed TOC accepted unless the caller says otherwise.
+DEFAULT_MAX_TOC_SIZE = 512 << 20
+
+BlobInput = Union[PathLike, BinaryIO, bytes, RangeSource]
+TOCInput = Union[PathLike, BinaryIO, bytes, Callable[[], bytes]]
+
+
+@dataclass(frozen=True)
+class Footer:
+    """What the blob's last bytes say."""
+
+    format: str  # "estargz", "legacy" or "external"
+    size: int
+    toc_offset: int  # -1 for an external TOC
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The outcome of :meth:`Blob.verify` (raised as an error when it fails)."""
+
+    toc_digest: str
+    entries: int
+    chunks: int
+    uncompressed_bytes: int
+    members: int
+
+
+def _hex_offset(text: bytes, where: str) -> int:
+    try:
+        return int(text.decode("ascii"), 16)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BlobFormatError(f"{where}: TOC offset {text!r} is not hexadecimal") from exc
+
+
+def _gzip_extra(tail: bytes) -> Optional[bytes]:
+    """The Extra field of a gzip header at the start of ``tail``, if any."""
+    if len(tail) < 12 or tail[:3] != b"\x1f\x8b\x08" or not tail[3] & 0x04:
+        return None
+    length = int.from_bytes(tail[10:12], "little")
+    if 12 + length > len(tail):
+        return None
+    return tail[12 : 12 + length]
+
+
+def parse_footer(data: bytes) -> Footer:
+    """Find which footer ends ``data`` (the last bytes of a blob).
+
+    Tried in Go's order: eStargz (51 bytes), legacy stargz (47), external
+    TOC (46).
+    """
+    if len(data) >= FOOTER_SIZE:
+        extra = _gzip_extra(data[-FOOTER_SIZE:])
+        if (
+            extra is not None
+            and len(extra) >= 4
+            and extra[:2] == b"SG"
+            and int.from_bytes(extra[2:4], "little") == 22
+            and extra[4:26].endswith(b"STARGZ")
+            and len(extra) >= 26
+        ):
+            offset = _hex_offset(extra[4:20], "eStargz footer")
+            return Footer("estargz", FOOTER_SIZE, offset)
+    if len(data) >= LEGACY_FOOTER_SIZE:
+        extra = _gzip_extra(data[-LEGACY_FOOTER_SIZE:])
+        if extra is not None and len(extra) == 22 and extra.endswith(b"STARGZ"):
+            offset = _hex_offset(extra[:16], "legacy stargz footer")
+            return Footer("legacy", LEGACY_FOOTER_SIZE, offset)
+    if len(data) >= EXTERNAL_TOC_FOOTER_SIZE:
+        extra = _gzip_extra(data[-EXTERNAL_TOC_FOOTER_SIZE:])
+        if (
+            extra is not None
+            and len(extra) >= 4
+            and extra[:2] == b"SG"
+            and int.from_bytes(extra[2:4], "little") == 17
+            and extra[4:21] == b"STARGZEXTERNALTOC"
+        ):
+            return Footer("external", EXTERNAL_TOC_FOOTER_SIZE, -1)
+    shown = data[-16:].hex()
+    raise BlobFormatError(
+        "not an eStargz blob: the last bytes are neither an eStargz (51-byte), "
+        f"legacy stargz (47-byte) nor external-TOC (46-byte) footer (they end in {shown})"
+    )
+
+
+def _toc_json(tar_bytes: bytes, where: str) -> bytes:
+    """The ``stargz.index.json`` payload of the little tar holding a TOC."""
+    reader = TarReader(ByteSource(io.BytesIO(tar_bytes)))
+    try:
+        entry = next(reader)
+    except StopIteration:
+        raise BlobFormatError(f"{where}: the TOC tar is empty") from None
+    except EStargzError as exc:
+        raise BlobFormatError(f"{where}: the TOC tar is malformed: {exc}") from exc
+    if entry.name != TOC_TAR_NAME:
+        raise BlobFormatError(
+            f"{where}: the TOC tar's first entry is {entry.display_name!r}, "
+            f"not {TOC_TAR_NAME.decode()!r}"
+        )
+    start = entry.data_offset
+    if start + entry.size > len(tar_bytes):
+        raise BlobFormatError(
+            f"{where}: the TOC entry declares {entry.size} bytes but only "
+            f"{len(tar_bytes) - start} follow"
+        )
+    return tar_bytes[start : start + entry.size]
+
+
+def _load_external(toc: TOCInput) -> bytes:
+    if callable(toc):
+        return toc()
+    if isinstance(toc, (bytes, bytearray, memoryview)):
+        return bytes(toc)
+    if isinstance(toc, (str, os.PathLike)):
+        try:
+            with open(toc, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise BlobFormatError(f"cannot read external TOC {os.fspath(toc)!r}: {exc}") from exc
+    return toc.read()
+
+
+class _SourceStream(io.RawIOBase):
+    """Sequential reads of ``[start, end)`` of a range source."""
+
+    def __init__(self, source: RangeSource, start: int, end: int) -> None:
+        self._source = source
+        self._position = start
+        self._end = end
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        size = min(len(view), self._end - self._position)
+        if size <= 0:
+            return 0
+        data = self._source.read_at(self._position, size)
+        if not data:
+            raise BlobFormatError(f"blob: the source ends early, at offset {self._position}")
+        view[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+
+class _MemberMap(io.RawIOBase):
+    """The uncompressed stream of a blob's members, noting where each member
+    starts in both the blob and the stream."""
+
+    def __init__(self, reader: _native.GzipReader) -> None:
+        self._reader = reader
+        self.starts: dict[int, int] = {}
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            n = int(self._reader.readinto(buffer))
+        except NativeError as exc:
+            raise VerificationError(f"blob: {exc}") from exc
+        if n:
+            self.starts.setdefault(
+                self._reader.member_offset, self._reader.member_uncompressed_offset
+            )
+        return n
+
+
+class Blob:
+    """An opened eStargz blob.  Use :func:`open_blob` to make one.
+
+    :ivar footer: the footer found (format, size, TOC offset)
+    :ivar toc: the parsed :class:`~estargz.toc.TOC`
+    :ivar toc_digest: ``sha256:`` digest of the TOC JSON, as stored
+    :ivar toc_json: the TOC JSON bytes
+    """
+
+    def __init__(
+        self,
+        source: RangeSource,
+        *,
+        external_toc: Optional[TOCInput] = None,
+        toc_digest: Optional[str] = None,
+        max_toc_size: int = DEFAULT_MAX_TOC_SIZE,
+        verify_chunks: bool = True,
+    ) -> None:
+        self.source = source
+        self.verify_chunks = verify_chunks
+        size = source.size
+        tail = source.read_at(max(0, size - FOOTER_SIZE), min(size, FOOTER_SIZE))
+        self.footer = parse_footer(tail)
+        if self.footer.format == "external":
+            if external_toc is None:
+                raise BlobFormatError(
+                    "blob: its TOC is kept outside it (external-TOC footer); "
+                    "give the TOC with --external-toc"
+                )
+            self.payload_end = size - self.footer.size
+            self.toc_size = 0
+            gzipped = _load_external(external_toc)
+            where = "external TOC"
+            try:
+                tar_bytes = _native.inflate_stream(gzipped, max_output=max_toc_size + 3 * BLOCK)
+            except NativeError as exc:
+                raise BlobFormatError(f"{where}: {exc}") from exc
+        else:
+            offset = self.footer.toc_offset
+            end = size - self.footer.size
+            if not 0 <= offset < end:
+                raise BlobFormatError(
+                    f"{self.footer.format} footer: TOC offset {offset} is outside the "
+                    f"blob's {end} bytes before the footer"
+                )
+            self.payload_end = offset
+            self.toc_size = end - offset
+            where = f"TOC member at offset {offset}"
+            member = source.read_at(offset, end - offset)
+            try:
+                tar_bytes = _native.inflate_member(
+                    member, max_output=max_toc_size + 3 * BLOCK
+                )
+            except NativeError as exc:
+                raise BlobFormatError(f"{where}: {exc}") from exc
+        self.toc_json = _toc_json(tar_bytes, where)
+        if len(self.toc_json) > max_toc_size:
+            raise BlobFormatError(
+                f"{where}: the TOC is {len(self.toc_json)} bytes, over the cap of {max_toc_size}"
+            )
+        self.toc_digest = "sha256:" + _native.Sha256(self.toc_json).hexdigest()
+        if toc_digest is not None:
+            self.verify_toc(toc_digest)
+        self.toc = TOC(self.toc_json, self.payload_end)
+        if self.footer.format == "legacy":
+            log.info("opened a legacy stargz blob (47-byte footer)")
+
+    @property
+    def format(self) -> str:
+        return self.footer.format
+
+    # -- TOC -----------------------------------------------------------------
+
+    def verify_toc(self, expected: str) -> None:
+        """Check the TOC against a ``sha256:`` digest (the layer's
+        ``containerd.io/snapshot/stargz/toc.digest`` annotation)."""
+        if not expected.startswith("sha256:") or len(expected) != 71:
+            raise VerificationError(f"TOC digest {expected!r} is not a sha256 digest")
+        if expected != self.toc_digest:
+            raise VerificationError(
+                f"TOC digest mismatch: the blob's TOC is {self.toc_digest}, expected {expected}"
+            )
+
+    def lookup(self, name: str) -> TOCEntry:
+        """The entry of ``name``; a hardlink resolves to its target."""
+        entry = self.toc.lookup(name)
+        if entry is None:
+            raise FileNotFoundError(f"{name!r} is not in the blob")
+        if entry.type == "hardlink":
+            if entry.target is None:
+                raise BlobFormatError(
+                    f"{entry.raw_name!r} is a hardlink to {entry.link_name!r}, "
+                    "which is not in the blob"
+                )
+            return entry.target
+        return entry
+
+    def listdir(self, name: str = "") -> list[str]:
+        """Names inside the directory ``name``, sorted."""
+        entry = self.lookup(name)
+        if entry.type != "dir":
+            raise NotADirectoryError(f"{name!r} is not a directory")
+        return sorted(entry.children or {})
+
+    # -- reading -------------------------------------------------------------
+
+    def read_chunk(self, row: int) -> bytes:
+        """Inflate one chunk (a row of ``toc.chunks``) and check its digest."""
+        chunks = self.toc.chunks
+        offset = int(chunks.offset[row])
+        end = int(chunks.member_end[row])
+        inner = int(chunks.inner_offset[row])
+        size = int(chunks.size[row])
+        data = self.source.read_at(offset, end - offset)
+        try:
+            plain = _native.inflate_member(data, 0, skip=inner, size=size, max_output=size)
+        except NativeError as exc:
+            raise VerificationError(
+                f"{self._chunk_place(row)}: {exc.args[0]} (member bytes {offset}..{end})"
+            ) from exc
+        if self.verify_chunks:
+            self._check_chunk(row, plain)
+        return plain
+
+    def _chunk_place(self, row: int) -> str:
+        chunks = self.toc.chunks
+        return (
+            f"{self.toc._owner(row)}: chunk at file offset {int(chunks.file_offset[row])} "
+            f"(compressed offset {int(chunks.offset[row])}, innerOffset "
+            f"{int(chunks.inner_offset[row])})"
+        )
+
+    def _check_chunk(self, row: int, plain: bytes) -> None:
+        chunks = self.toc.chunks
+        expected = chunks.digest_of(row)
+        if not expected:
+            return
+        if expected.startswith("sha256:"):
+            found = "sha256:" + _native.Sha256(plain).hexdigest()
+        else:
+            import hashlib
+
+            algorithm = expected.split(":", 1)[0]
+            found = f"{algorithm}:" + hashlib.new(algorithm, plain).hexdigest()
+        if found != expected:
+            raise VerificationError(
+                f"{self._chunk_place(row)}: digest {found}, the TOC says {expected}"
+            )
+
+    def open(self, name: str) -> EntryFile:
+        """A seekable, read-only file object over a regular file."""
+        entry = self.lookup(name)
+        if entry.type != "reg":
+            raise IsADirectoryError(f"{name!r} is a {entry.type}, not a regular file")
+        return EntryFile(self, entry)
+
+    def read(self, name: str) -> bytes:
+        """The whole content of a regular file, every chunk verified."""
+        with self.open(name) as f:
+            return f.read()
+
+    # -- verification ----------------------------------------------------------
+
+    def verify(self, toc_digest: Optional[str] = None) -> VerifyReport:
+        """Read the whole blob once and check all of it: the TOC (against
+        ``toc_digest`` when given), every chunk's digest and every file's,
+        that every chunk sits where the TOC says, and that the tar stream in
+        the blob holds exactly the TOC's entries (names, types, sizes,
+        payload positions).
+
+        :raises VerificationError: at the first problem, naming the entry
+            and the offset
+        """
+        if toc_digest is not None:
+            self.verify_toc(toc_digest)
+        for entry in self.toc.entries:
+            if entry.type == "hardlink" and entry.target is None:
+                raise VerificationError(
+                    f"TOC: {entry.raw_name!r} is a hardlink to {entry.link_name!r}, "
+                    "which is not in the TOC"
+                )
+        stream = _SourceStream(self.source, 0, self.payload_end)
+        gzip_reader = _native.GzipReader(io.BufferedReader(stream, 1 << 20))
+        members = _MemberMap(gzip_reader)
+        plain = io.BufferedReader(members, 1 << 20)
+        return _StreamCheck(self, members, plain).run()
+
+
+class _StreamCheck:
+    """Walks the tar stream of a blob against its TOC (see Blob.verify)."""
+
+    def __init__(self, blob: Blob, members: _MemberMap, plain: BinaryIO) -> None:
+        self.blob = blob
+        self.toc = blob.toc
+        self.members = members
+        self.reader = TarReader(ByteSource(plain))
+        # Entry names still to come in the TOC, to recognise tar entries that a
+        # later one of the same name replaces (kept in the stream, not the TOC).
+        self.remaining: dict[str, int] = {}
+        for entry in self.toc.entries:
+            self.remaining[entry.name] = self.remaining.get(entry.name, 0) + 1
+
+    def _fail(self, message: str) -> VerificationError:
+        return VerificationError(f"tar stream: {message}")
+
+    def run(self) -> VerifyReport:
+        entries = self.toc.entries
+        position = 0
+        chunks_checked = 0
+        for tar_entry in self._tar_entries():
+            name = go_text(tar_entry.name)
+            cleaned = clean_name(name)
+            expected = entries[position] if position < len(entries) else None
+            where = f"entry {name!r} at uncompressed offset {tar_entry.header_offset}"
+            if expected is None or expected.raw_name != name:
+                if cleaned == TOC_TAR_NAME.decode() and expected is None:
+                    self.reader.skip_payload()
+                    continue
+                if self.remaining.get(cleaned):
+                    # An earlier entry of a name the TOC lists later: tar
+                    # extraction replaces it, as the TOC does.
+                    self.reader.skip_payload()
+                    continue
+                want = repr(expected.raw_name) if expected is not None else "the end"
+                raise self._fail(f"{where} is not in the TOC here (the TOC has {want})")
+            self.remaining[cleaned] -= 1
+            position += 1
+            chunks_checked += self._check_entry(tar_entry, expected, where)
+        if position < len(entries):
+            missing = entries[position]
+            raise self._fail(f"TOC entry {missing.raw_name!r} is not in the tar stream")
+        return VerifyReport(
+            toc_digest=self.blob.toc_digest,
+            entries=len(entries),
+            chunks=chunks_checked,
+            uncompressed_bytes=self.reader.source.offset,
+            members=len(self.members.starts),
+        )
+
+    def _tar_entries(self) -> Iterator[Any]:
+        try:
+            yield from self.reader
+        except EStargzError as exc:
+            if isinstance(exc, VerificationError):
+                raise
+            raise self._fail(str(exc)) from exc
+
+    def _check_position(self, row: int, data_offset: int) -> None:
+        chunks = self.toc.chunks
+        start = self.members.starts.get(int(chunks.offset[row]))
+        at = data_offset + int(chunks.file_offset[row])
+        if start is None:
+            raise self._fail(f"{self.blob._chunk_place(row)}: no gzip member starts there")
+        if start + int(chunks.inner_offset[row]) != at:
+            raise self._fail(
+                f"{self.blob._chunk_place(row)}: the TOC puts it at uncompressed offset "
+                f"{start + int(chunks.inner_offset[row])}, the tar stream at {at}"
+            )
+
+    def _check_entry(self, tar_entry: Any, entry: TOCEntry, where: str) -> int:
+        tar_type = {b"0": "reg", b"7": "reg", b"1": "hardlink", b"2": "symlink"}.get(
+            tar_entry.typeflag,
+            {b"3": "char", b"4": "block", b"5": "dir", b"6": "fifo"}.get(tar_entry.typeflag, "?"),
+        )
+        if tar_type != entry.type:
+            raise self._fail(f"{where} is a {tar_type} in the tar, a {entry.type} in the TOC")
+        if entry.type == "reg" and tar_entry.size != entry.size:
+            raise self._fail(
+                f"{where} has {tar_entry.size} bytes in the tar, {entry.size} in the TOC"
+            )
+        if entry.type in ("symlink", "hardlink"):
+            link = go_text(tar_entry.linkname)
+            if link != entry.link_name:
+                raise self._fail(
+                    f"{where} links to {link!r} in the tar, {entry.link_name!r} in the TOC"
+                )
+        if entry.type != "reg" or not entry.size:
+            self.reader.read_padding()
+            return 0
+        chunks = self.toc.chunks
+        file_hash = _native.Sha256()
+        for row in range(entry.chunk_start, entry.chunk_start + entry.chunk_count):
+            size = int(chunks.size[row])
+            chunk_hash = _native.Sha256()
+            left = size
+            while left:
+                piece = self.reader.read_payload(min(left, 1 << 20))
+                chunk_hash.update_with(file_hash, piece)
+                if left == size:
+                    # The chunk's first byte has been read, so the member that
+                    # holds it has been seen.
+                    self._check_position(row, tar_entry.data_offset)
+                left -= len(piece)
+            expected = chunks.digest_of(row)
+            found = "sha256:" + chunk_hash.hexdigest()
+            if expected and expected.startswith("sha256:") and expected != found:
+                raise VerificationError(
+                    f"{self.blob._chunk_place(row)}: digest {found}, the TOC says {expected}"
+                )
+        self.reader.read_padding()
+        if entry.digest and entry.digest.startswith("sha256:"):
+            found = "sha256:" + file_hash.hexdigest()
+            if found != entry.digest:
+                raise VerificationError(
+                    f"TOC: {entry.raw_name!r}: file digest {found}, the TOC says {entry.digest}"
+                )
+        return entry.chunk_count
+
+
+class EntryFile(io.RawIOBase):
+    """A regular file of a blob, read lazily chunk by chunk (verified)."""
+
+    def __init__(self, blob: Blob, entry: TOCEntry) -> None:
+        self._blob = blob
+        self.entry = entry
+        self._position = 0
+        self._row = -1
+        self._chunk = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.entry.size}
+        position = base[whence] + offset
+        if position < 0:
+            raise ValueError("negative seek position")
+        self._position = position
+        return position
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        entry = self.entry
+        if self._position >= entry.size or not len(view):
+            return 0
+        chunks = self._blob.toc.chunks
+        row = chunks.find(entry, self._position)
+        if row != self._row:
+            self._chunk = self._blob.read_chunk(row)
+            self._row = row
+        start = self._position - int(chunks.file_offset[row])
+        n = min(len(view), len(self._chunk) - start)
+        view[:n] = self._chunk[start : start + n]
+        self._position += n
+        return n
+
+    def readall(self) -> bytes:
+        parts = []
+        while self._position < self.entry.size:
+            part = self.read(self.entry.size - self._position)
+            if not part:
+                break
+            parts.append(part)
+        return b"".join(parts)
+
+
+def open_blob(
+    blob: BlobInput,
+    *,
+    external_toc: Optional[TOCInput] = None,
+    toc_digest: Optional[str] = None,
+    max_toc_size: int = DEFAULT_MAX_TOC_SIZE,
+    verify_chunks: bool = True,
+) -> Blob:
+    """Open an eStargz, legacy stargz or external-TOC blob.
+
+    :param blob: a path, a binary file object, bytes, or any
+        :class:`~estargz._source.RangeSource`
+    :param external_toc: the TOC of an external-TOC blob (the gzip-compressed
+        TOC tar): a path, bytes, a file object or a callable returning bytes
+    :param toc_digest: check the TOC against this ``sha256:`` digest
+    :param max_toc_size: refuse TOCs larger than this (uncompressed)
+    :param verify_chunks: check each chunk's digest as it is read
+    :raises BlobFormatError: not an eStargz blob, or a malformed footer or TOC
+    :raises VerificationError: the TOC does not match ``toc_digest``
+    """
+    return Blob(
+        as_source(blob),
+        external_toc=external_toc,
+        toc_digest=toc_digest,
+        max_toc_size=max_toc_size,
+        verify_chunks=verify_chunks,
+    )

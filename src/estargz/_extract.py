@@ -39,6 +39,7 @@ class ExtractReport:
     devices: int = 0
     fifos: int = 0
     skipped_devices: int = 0
+    dangling_hardlinks: int = 0
     xattr_failures: int = 0
     bytes: int = 0
 
@@ -190,10 +191,14 @@ def _extract_one(
     elif kind == "hardlink":
         source_entry = entry.target
         if source_entry is None:
-            raise VerificationError(
-                f"{entry.raw_name!r} is a hardlink to {entry.link_name!r}, which is not "
-                "in the blob"
+            # As tar does: the rest of the layer is still extracted.
+            log.warning(
+                "skipping %r: a hardlink to %r, which is not in the layer",
+                entry.raw_name,
+                entry.link_name,
             )
+            report.dangling_hardlinks += 1
+            return
         source_parent, source_base = tree.place(source_entry.name)
         os.link(
             source_base,

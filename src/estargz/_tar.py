@@ -213,6 +213,7 @@ class TarReader:
             raise self._error(
                 f"header checksum is {stored:o}, the header sums to {unsigned:o}",
                 offset,
+                _cstring(block[:100]),
             )
 
     def _special(self, block: bytes, offset: int, kind: str) -> bytes:

@@ -148,10 +148,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+_OPENED: list["Blob"] = []
+
+
 def _open(args: argparse.Namespace, **options: object) -> "Blob":
     from estargz.reader import open_blob
 
-    return open_blob(args.blob, external_toc=args.external_toc, **options)  # type: ignore[arg-type]
+    blob = open_blob(args.blob, external_toc=args.external_toc, **options)  # type: ignore[arg-type]
+    _OPENED.append(blob)
+    return blob
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -395,7 +400,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         return func(args)
-    except (EStargzError, EStargzErrorForCLI) as exc:
+    except (EStargzError, EStargzErrorForCLI, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
         print(f"estargz: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -403,6 +408,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    finally:
+        while _OPENED:
+            _OPENED.pop().close()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,6 +11,7 @@ the TOC, which the chunk digests alone do not guarantee.
 
 from __future__ import annotations
 
+import collections
 import io
 import logging
 import os
@@ -275,6 +276,18 @@ class Blob:
     def format(self) -> str:
         return self.footer.format
 
+    def close(self) -> None:
+        """Close the source if this blob opened it (a path)."""
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> Blob:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     # -- TOC -----------------------------------------------------------------
 
     def verify_toc(self, expected: str) -> None:
@@ -381,9 +394,12 @@ class Blob:
             self.verify_toc(toc_digest)
         for entry in self.toc.entries:
             if entry.type == "hardlink" and entry.target is None:
-                raise VerificationError(
-                    f"TOC: {entry.raw_name!r} is a hardlink to {entry.link_name!r}, "
-                    "which is not in the TOC"
+                # The tar holds the same dangling link: the blob is faithful to
+                # a broken layer.  (Go's reader refuses to open such a blob.)
+                log.warning(
+                    "%r is a hardlink to %r, which is not in the layer",
+                    entry.raw_name,
+                    entry.link_name,
                 )
         stream = _SourceStream(self.source, 0, self.payload_end)
         gzip_reader = _native.GzipReader(io.BufferedReader(stream, 1 << 20))
@@ -393,55 +409,85 @@ class Blob:
 
 
 class _StreamCheck:
-    """Walks the tar stream of a blob against its TOC (see Blob.verify)."""
+    """Walks the tar stream of a blob against its TOC (see Blob.verify).
+
+    Tar semantics let a later entry replace an earlier one of the same name,
+    and a TOC may list only the last (Go removes the earlier ones, estargz
+    keeps them in the stream).  So for every name, the TOC's entries must
+    match the *last* tar entries of that name, in order; a regular file is
+    matched by where its data lies, which the TOC fixes exactly.
+    """
 
     def __init__(self, blob: Blob, members: _MemberMap, plain: BinaryIO) -> None:
         self.blob = blob
         self.toc = blob.toc
         self.members = members
         self.reader = TarReader(ByteSource(plain))
-        # Entry names still to come in the TOC, to recognise tar entries that a
-        # later one of the same name replaces (kept in the stream, not the TOC).
-        self.remaining: dict[str, int] = {}
+        self.by_name: dict[str, list[TOCEntry]] = {}
         for entry in self.toc.entries:
-            self.remaining[entry.name] = self.remaining.get(entry.name, 0) + 1
+            self.by_name.setdefault(entry.name, []).append(entry)
+        # Per name, the last tar entries seen: (stream index, type, size, link).
+        self.seen: dict[str, collections.deque[tuple[int, str, int, str]]] = {}
+        # Stream index of the tar entry whose data each TOC file was matched to.
+        self.matched: dict[int, int] = {}
+        self.chunks_checked = 0
 
     def _fail(self, message: str) -> VerificationError:
         return VerificationError(f"tar stream: {message}")
 
     def run(self) -> VerifyReport:
-        entries = self.toc.entries
-        position = 0
-        chunks_checked = 0
-        for tar_entry in self._tar_entries():
+        toc_name = TOC_TAR_NAME.decode()
+        index = -1
+        for index, tar_entry in enumerate(self._tar_entries()):
             name = go_text(tar_entry.name)
             cleaned = clean_name(name)
-            expected = entries[position] if position < len(entries) else None
+            candidates = self.by_name.get(cleaned)
             where = f"entry {name!r} at uncompressed offset {tar_entry.header_offset}"
-            if expected is None or expected.raw_name != name:
-                if cleaned == TOC_TAR_NAME.decode() and expected is None:
+            if not candidates:
+                if cleaned == toc_name:
                     self.reader.skip_payload()
                     continue
-                if self.remaining.get(cleaned):
-                    # An earlier entry of a name the TOC lists later: tar
-                    # extraction replaces it, as the TOC does.
-                    self.reader.skip_payload()
-                    continue
-                want = repr(expected.raw_name) if expected is not None else "the end"
-                raise self._fail(f"{where} is not in the TOC here (the TOC has {want})")
-            self.remaining[cleaned] -= 1
-            position += 1
-            chunks_checked += self._check_entry(tar_entry, expected, where)
-        if position < len(entries):
-            missing = entries[position]
-            raise self._fail(f"TOC entry {missing.raw_name!r} is not in the tar stream")
+                raise self._fail(f"{where} is not in the TOC")
+            kind = _TAR_TYPES.get(tar_entry.typeflag, "?")
+            if kind == "reg" and tar_entry.size:
+                self._check_data(tar_entry, candidates, index)
+            else:
+                self.reader.read_padding()
+            link = go_text(tar_entry.linkname) if kind in ("symlink", "hardlink") else ""
+            seen = self.seen.setdefault(cleaned, collections.deque(maxlen=len(candidates)))
+            seen.append((index, kind, tar_entry.size if kind == "reg" else 0, link))
+        for name, entries in self.by_name.items():
+            seen = self.seen.get(name, collections.deque())
+            if len(seen) < len(entries):
+                missing = entries[len(seen) - len(entries)]
+                raise self._fail(f"TOC entry {missing.raw_name!r} is not in the tar stream")
+            for entry, (stream_index, kind, size, link) in zip(entries, seen):
+                what = f"entry {entry.raw_name!r}"
+                if kind != entry.type:
+                    raise self._fail(f"{what} is a {kind} in the tar, a {entry.type} in the TOC")
+                if entry.type == "reg" and size != entry.size:
+                    raise self._fail(f"{what} has {size} bytes in the tar, {entry.size} in the TOC")
+                if link != (entry.link_name if entry.type in ("symlink", "hardlink") else ""):
+                    raise self._fail(
+                        f"{what} links to {link!r} in the tar, {entry.link_name!r} in the TOC"
+                    )
+                if entry.type == "reg" and entry.size and self.matched.get(id(entry)) != stream_index:
+                    raise self._fail(f"{what}: the last tar entry of that name holds other data")
+        order = [self._stream_index(entry) for entry in self.toc.entries]
+        if order != sorted(order):
+            raise self._fail("the TOC lists the entries in another order than the tar")
         return VerifyReport(
             toc_digest=self.blob.toc_digest,
-            entries=len(entries),
-            chunks=chunks_checked,
+            entries=len(self.toc.entries),
+            chunks=self.chunks_checked,
             uncompressed_bytes=self.reader.source.offset,
             members=len(self.members.starts),
         )
+
+    def _stream_index(self, entry: TOCEntry) -> int:
+        entries = self.by_name[entry.name]
+        seen = self.seen[entry.name]
+        return seen[entries.index(entry)][0]
 
     def _tar_entries(self) -> Iterator[Any]:
         try:
@@ -451,66 +497,81 @@ class _StreamCheck:
                 raise
             raise self._fail(str(exc)) from exc
 
-    def _check_position(self, row: int, data_offset: int) -> None:
+    def _member_position(self, row: int) -> Optional[int]:
         chunks = self.toc.chunks
         start = self.members.starts.get(int(chunks.offset[row]))
-        at = data_offset + int(chunks.file_offset[row])
-        if start is None:
-            raise self._fail(f"{self.blob._chunk_place(row)}: no gzip member starts there")
-        if start + int(chunks.inner_offset[row]) != at:
-            raise self._fail(
-                f"{self.blob._chunk_place(row)}: the TOC puts it at uncompressed offset "
-                f"{start + int(chunks.inner_offset[row])}, the tar stream at {at}"
-            )
+        return None if start is None else start + int(chunks.inner_offset[row])
 
-    def _check_entry(self, tar_entry: Any, entry: TOCEntry, where: str) -> int:
-        tar_type = {b"0": "reg", b"7": "reg", b"1": "hardlink", b"2": "symlink"}.get(
-            tar_entry.typeflag,
-            {b"3": "char", b"4": "block", b"5": "dir", b"6": "fifo"}.get(tar_entry.typeflag, "?"),
-        )
-        if tar_type != entry.type:
-            raise self._fail(f"{where} is a {tar_type} in the tar, a {entry.type} in the TOC")
-        if entry.type == "reg" and tar_entry.size != entry.size:
-            raise self._fail(
-                f"{where} has {tar_entry.size} bytes in the tar, {entry.size} in the TOC"
-            )
-        if entry.type in ("symlink", "hardlink"):
-            link = go_text(tar_entry.linkname)
-            if link != entry.link_name:
-                raise self._fail(
-                    f"{where} links to {link!r} in the tar, {entry.link_name!r} in the TOC"
-                )
-        if entry.type != "reg" or not entry.size:
-            self.reader.read_padding()
-            return 0
+    def _check_data(self, tar_entry: Any, candidates: list[TOCEntry], index: int) -> None:
+        """Read a regular file's data; if a TOC entry of its name puts its
+        first chunk exactly there, check all of that entry's chunks."""
         chunks = self.toc.chunks
+        first = self.reader.read_payload(1)
+        entry = None
+        for candidate in candidates:
+            if (
+                candidate.type == "reg"
+                and candidate.chunk_count
+                and self._member_position(candidate.chunk_start) == tar_entry.data_offset
+            ):
+                entry = candidate
+                break
+        if entry is None or entry.size != tar_entry.size:
+            # An earlier copy that a later entry replaces, or a mismatch that
+            # the end of the walk reports.
+            self.reader.skip_payload()
+            return
         file_hash = _native.Sha256()
+        pending = first
         for row in range(entry.chunk_start, entry.chunk_start + entry.chunk_count):
             size = int(chunks.size[row])
+            at = tar_entry.data_offset + int(chunks.file_offset[row])
             chunk_hash = _native.Sha256()
             left = size
             while left:
-                piece = self.reader.read_payload(min(left, 1 << 20))
+                piece = pending or self.reader.read_payload(min(left, 1 << 20))
+                pending = b""
                 chunk_hash.update_with(file_hash, piece)
                 if left == size:
-                    # The chunk's first byte has been read, so the member that
-                    # holds it has been seen.
-                    self._check_position(row, tar_entry.data_offset)
+                    # The chunk's first byte has been read: its member has been seen.
+                    found = self._member_position(row)
+                    if found != at:
+                        place = self.blob._chunk_place(row)
+                        if found is None:
+                            raise self._fail(f"{place}: no gzip member starts there")
+                        raise self._fail(
+                            f"{place}: the TOC puts it at uncompressed offset {found}, "
+                            f"the tar stream at {at}"
+                        )
                 left -= len(piece)
             expected = chunks.digest_of(row)
-            found = "sha256:" + chunk_hash.hexdigest()
-            if expected and expected.startswith("sha256:") and expected != found:
+            found_digest = "sha256:" + chunk_hash.hexdigest()
+            if expected and expected.startswith("sha256:") and expected != found_digest:
                 raise VerificationError(
-                    f"{self.blob._chunk_place(row)}: digest {found}, the TOC says {expected}"
+                    f"{self.blob._chunk_place(row)}: digest {found_digest}, the TOC says {expected}"
                 )
+            self.chunks_checked += 1
         self.reader.read_padding()
         if entry.digest and entry.digest.startswith("sha256:"):
-            found = "sha256:" + file_hash.hexdigest()
-            if found != entry.digest:
+            found_digest = "sha256:" + file_hash.hexdigest()
+            if found_digest != entry.digest:
                 raise VerificationError(
-                    f"TOC: {entry.raw_name!r}: file digest {found}, the TOC says {entry.digest}"
+                    f"TOC: {entry.raw_name!r}: file digest {found_digest}, "
+                    f"the TOC says {entry.digest}"
                 )
-        return entry.chunk_count
+        self.matched[id(entry)] = index
+
+
+_TAR_TYPES = {
+    b"0": "reg",
+    b"7": "reg",
+    b"1": "hardlink",
+    b"2": "symlink",
+    b"3": "char",
+    b"4": "block",
+    b"5": "dir",
+    b"6": "fifo",
+}
 
 
 class EntryFile(io.RawIOBase):
@@ -586,10 +647,18 @@ def open_blob(
     :raises BlobFormatError: not an eStargz blob, or a malformed footer or TOC
     :raises VerificationError: the TOC does not match ``toc_digest``
     """
-    return Blob(
-        as_source(blob),
-        external_toc=external_toc,
-        toc_digest=toc_digest,
-        max_toc_size=max_toc_size,
-        verify_chunks=verify_chunks,
-    )
+    source = as_source(blob)
+    try:
+        return Blob(
+            source,
+            external_toc=external_toc,
+            toc_digest=toc_digest,
+            max_toc_size=max_toc_size,
+            verify_chunks=verify_chunks,
+        )
+    except BaseException:
+        if source is not blob:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+        raise

@@ -126,10 +126,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         keep_diff_id=args.keep_diff_id,
         threads=args.threads,
     )
-    if args.json:
-        print(json.dumps(result.to_json()))
-        return 0
     stream = sys.stderr if args.output == "-" else sys.stdout
+    if args.json:
+        print(json.dumps(result.to_json()), file=stream)
+        return 0
     where = "standard output" if args.output == "-" else args.output
     print(
         f"wrote {where}: {_human(result.blob_size)} blob, "

@@ -602,20 +602,22 @@ class EntryFile(io.RawIOBase):
         return position
 
     def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` as far as the file allows (across chunks)."""
         view = memoryview(buffer).cast("B")
         entry = self.entry
-        if self._position >= entry.size or not len(view):
-            return 0
         chunks = self._blob.toc.chunks
-        row = chunks.find(entry, self._position)
-        if row != self._row:
-            self._chunk = self._blob.read_chunk(row)
-            self._row = row
-        start = self._position - int(chunks.file_offset[row])
-        n = min(len(view), len(self._chunk) - start)
-        view[:n] = self._chunk[start : start + n]
-        self._position += n
-        return n
+        done = 0
+        while done < len(view) and self._position < entry.size:
+            row = chunks.find(entry, self._position)
+            if row != self._row:
+                self._chunk = self._blob.read_chunk(row)
+                self._row = row
+            start = self._position - int(chunks.file_offset[row])
+            n = min(len(view) - done, len(self._chunk) - start)
+            view[done : done + n] = self._chunk[start : start + n]
+            self._position += n
+            done += n
+        return done
 
     def readall(self) -> bytes:
         parts = []

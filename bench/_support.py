@@ -75,7 +75,9 @@ def ceiling_binary() -> Path:
     prefix = zlib_ng_prefix()
     binary = BUILD / "bench" / "ceiling"
     source = REPO / "bench" / "ceiling.c"
-    newest = max(source.stat().st_mtime, (REPO / "src" / "_native" / "sha256.c").stat().st_mtime)
+    newest = max(
+        source.stat().st_mtime, (REPO / "src" / "_native" / "sha256.c").stat().st_mtime
+    )
     if binary.exists() and binary.stat().st_mtime > newest:
         return binary
     binary.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +194,9 @@ def stdlib_layer() -> Path:
         for path in sorted(root.rglob("*")):
             if "site-packages" in path.parts or "__pycache__" in path.parts:
                 continue
-            info = tar.gettarinfo(str(path), arcname="usr/lib/python3/" + str(path.relative_to(root)))
+            info = tar.gettarinfo(
+                str(path), arcname="usr/lib/python3/" + str(path.relative_to(root))
+            )
             info.uid = info.gid = 0
             info.uname = info.gname = "root"
             info.mtime = 1704067200
@@ -209,5 +213,7 @@ def go_harness() -> Path:
     """The Go stargz harness (tests/goharness), built on first use."""
     binary = BUILD / "go" / "estargz-go"
     if not binary.exists():
-        subprocess.run(["bash", str(REPO / "tests" / "goharness" / "build.sh")], check=True)
+        subprocess.run(
+            ["bash", str(REPO / "tests" / "goharness" / "build.sh")], check=True
+        )
     return binary

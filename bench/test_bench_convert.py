@@ -27,7 +27,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from _support import (
     REPO,
     add_target,
@@ -54,7 +53,11 @@ MODES = {
 
 def layers() -> dict[str, Path]:
     root = Path(os.environ.get("ESTARGZ_BENCH_LAYERS", REPO / "bench" / "layers"))
-    found = {name: root / f"{name}.tar" for name in REAL_LAYERS if (root / f"{name}.tar").exists()}
+    found = {
+        name: root / f"{name}.tar"
+        for name in REAL_LAYERS
+        if (root / f"{name}.tar").exists()
+    }
     if not found:
         found = {"stdlib": stdlib_layer()}
     return found
@@ -76,7 +79,9 @@ def _group(layer: str, mode: str) -> str:
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("layer", list(LAYERS))
 @pytest.mark.parametrize("impl", ["ours", "go"])
-def test_convert(benchmark: object, workdir: Path, layer: str, mode: str, impl: str) -> None:
+def test_convert(
+    benchmark: object, workdir: Path, layer: str, mode: str, impl: str
+) -> None:
     options, level, go_workers, target = MODES[mode]
     source = LAYERS[layer]
     blob = workdir / f"{layer}-{mode}-{impl}.esgz"
@@ -84,7 +89,13 @@ def test_convert(benchmark: object, workdir: Path, layer: str, mode: str, impl: 
     benchmark.group = group  # type: ignore[attr-defined]
     if impl == "ours":
         command = [sys.executable, "-m", "estargz", "convert", str(source), str(blob)]
-        command += ["--json", "--threads", str(THREADS), "--compression-level", str(level)]
+        command += [
+            "--json",
+            "--threads",
+            str(THREADS),
+            "--compression-level",
+            str(level),
+        ]
         command += options
         if "--keep-diff-id" in options:
             command += ["--external-toc", str(workdir / f"{layer}-{mode}.toc.tar.gz")]
@@ -112,8 +123,12 @@ def test_convert(benchmark: object, workdir: Path, layer: str, mode: str, impl: 
         add_target(group, "floor", 0.9, "zlib-ng plus the digests eStargz requires")
         pieces = member_contents(blob)
         for kind, c_mode in (("ceiling", "deflate"), ("floor", "deflate-sha")):
-            reference = run_ceiling(c_mode, pieces, level=level, threads=THREADS, rounds=1)
-            record_ceiling(group, reference["seconds"], int(reference["uncompressed_bytes"]), kind)
+            reference = run_ceiling(
+                c_mode, pieces, level=level, threads=THREADS, rounds=1
+            )
+            record_ceiling(
+                group, reference["seconds"], int(reference["uncompressed_bytes"]), kind
+            )
         if mode == "keepdiff":
             digest = measured["diffID"]
             import hashlib

@@ -43,7 +43,7 @@ def plain_tar(path: Path) -> bytes:
 
 
 def make_tar(
-    files: Iterable[tuple[str, Union[bytes, None, str]]],
+    files: Iterable[tuple[str, Union[bytes, str, None]]],
     *,
     fmt: int = tarfile.PAX_FORMAT,
     mtime: int = 1700000000,

@@ -6,6 +6,20 @@ import estargz
 from estargz import errors
 
 PUBLIC = {
+    "TOC",
+    "Blob",
+    "BytesSource",
+    "CallableSource",
+    "ChunkIndex",
+    "ConvertResult",
+    "EntryFile",
+    "FileSource",
+    "RangeSource",
+    "TOCEntry",
+    "VerifyReport",
+    "convert",
+    "open_blob",
+    "read_prioritized_files",
     "BlobFormatError",
     "ConversionError",
     "EStargzError",

@@ -6,18 +6,18 @@ import gzip
 import json
 import subprocess
 import sys
-import tarfile
-import io
 from pathlib import Path
 
 import pytest
-from helpers import GO_BLOBS, make_tar, sha256, tar_files, tricky_tars
+from helpers import GO_BLOBS, sha256, tar_files, tricky_tars
 
 INPUT = GO_BLOBS / "input.tar"
 EXPECTED = json.loads((GO_BLOBS / "expected.json").read_text())
 
 
-def estargz(*args: str, stdin: bytes = b"", check: bool = True) -> subprocess.CompletedProcess[bytes]:
+def estargz(
+    *args: str, stdin: bytes = b"", check: bool = True
+) -> subprocess.CompletedProcess[bytes]:
     result = subprocess.run(
         [sys.executable, "-m", "estargz", *args], input=stdin, capture_output=True
     )
@@ -29,25 +29,47 @@ def estargz(*args: str, stdin: bytes = b"", check: bool = True) -> subprocess.Co
 def test_convert_json_report(tmp_path: Path) -> None:
     out = tmp_path / "b.esgz"
     report = json.loads(estargz("convert", str(INPUT), str(out), "--json").stdout)
-    assert set(report) == {"tocDigest", "diffID", "blobDigest", "blobSize", "uncompressedSize"}
+    assert set(report) == {
+        "tocDigest",
+        "diffID",
+        "blobDigest",
+        "blobSize",
+        "uncompressedSize",
+    }
     data = out.read_bytes()
     assert report["blobDigest"] == sha256(data) and report["blobSize"] == len(data)
     assert report["diffID"] == sha256(gzip.decompress(data))
 
 
-def test_convert_external_toc_and_keep_diff_id_with_ctr_remote_names(tmp_path: Path) -> None:
+def test_convert_external_toc_and_keep_diff_id_with_ctr_remote_names(
+    tmp_path: Path,
+) -> None:
     out, toc = tmp_path / "b.esgz", tmp_path / "toc.tar.gz"
     report = json.loads(
         estargz(
-            "convert", str(INPUT), str(out), "--json",
-            "--estargz-external-toc", str(toc), "--estargz-keep-diff-id",
-            "--estargz-chunk-size", "65536", "--estargz-min-chunk-size", "16384",
-            "--estargz-compression-level", "9",
+            "convert",
+            str(INPUT),
+            str(out),
+            "--json",
+            "--estargz-external-toc",
+            str(toc),
+            "--estargz-keep-diff-id",
+            "--estargz-chunk-size",
+            "65536",
+            "--estargz-min-chunk-size",
+            "16384",
+            "--estargz-compression-level",
+            "9",
         ).stdout
     )
     assert set(report) == {
-        "tocDigest", "diffID", "blobDigest", "blobSize", "uncompressedSize",
-        "externalTOCDigest", "externalTOCSize",
+        "tocDigest",
+        "diffID",
+        "blobDigest",
+        "blobSize",
+        "uncompressedSize",
+        "externalTOCDigest",
+        "externalTOCSize",
     }
     assert report["diffID"] == EXPECTED["input.tar"]["sha256"].join(["sha256:", ""])
     assert report["externalTOCDigest"] == sha256(toc.read_bytes())
@@ -57,7 +79,9 @@ def test_convert_human_summary_and_stdin_stdout(tmp_path: Path) -> None:
     out = tmp_path / "b.esgz"
     text = estargz("convert", str(INPUT), str(out)).stdout.decode()
     assert f"wrote {out}" in text and "TOC digest   sha256:" in text
-    piped = estargz("convert", "-", "-", "--json", stdin=gzip.compress(INPUT.read_bytes()))
+    piped = estargz(
+        "convert", "-", "-", "--json", stdin=gzip.compress(INPUT.read_bytes())
+    )
     assert piped.stdout == out.read_bytes()
     # With the blob on standard output, the report goes to standard error.
     assert json.loads(piped.stderr)["blobSize"] == len(piped.stdout)
@@ -76,12 +100,20 @@ def test_record_in_allows_missing(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "name, message",
     [
-        ("malformed-bad-checksum.tar", "estargz: error: tar: entry 'bad.txt' at offset 0: header checksum"),
-        ("truncated-mid-file.tar", "estargz: error: tar: entry 'cut.bin' at offset 1024: archive ends at offset 3536"),
+        (
+            "malformed-bad-checksum.tar",
+            "estargz: error: tar: entry 'bad.txt' at offset 0: header checksum",
+        ),
+        (
+            "truncated-mid-file.tar",
+            "estargz: error: tar: entry 'cut.bin' at offset 1024: archive ends at offset 3536",
+        ),
         ("sparse-pax-0.0.tar", "sparse files"),
     ],
 )
-def test_user_errors_are_one_line_without_traceback(name: str, message: str, tmp_path: Path) -> None:
+def test_user_errors_are_one_line_without_traceback(
+    name: str, message: str, tmp_path: Path
+) -> None:
     path = next(p for p in tricky_tars() if p.name == name)
     result = estargz("convert", str(path), str(tmp_path / "b.esgz"), check=False)
     assert result.returncode == 1
@@ -92,11 +124,17 @@ def test_user_errors_are_one_line_without_traceback(name: str, message: str, tmp
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
-    result = estargz("convert", str(INPUT), str(tmp_path / "b"), "--keep-diff-id", check=False)
+    result = estargz(
+        "convert", str(INPUT), str(tmp_path / "b"), "--keep-diff-id", check=False
+    )
     assert result.returncode == 1 and b"needs an external TOC" in result.stderr
-    result = estargz("convert", str(INPUT), str(tmp_path / "b"), "--chunk-size", "lots", check=False)
+    result = estargz(
+        "convert", str(INPUT), str(tmp_path / "b"), "--chunk-size", "lots", check=False
+    )
     assert result.returncode == 2
-    result = estargz("convert", str(tmp_path / "missing.tar"), str(tmp_path / "b"), check=False)
+    result = estargz(
+        "convert", str(tmp_path / "missing.tar"), str(tmp_path / "b"), check=False
+    )
     assert result.returncode == 1 and b"cannot open input" in result.stderr
     result = estargz("info", str(INPUT), check=False)
     assert result.returncode == 1 and b"not an eStargz blob" in result.stderr
@@ -106,16 +144,29 @@ def test_bad_arguments(tmp_path: Path) -> None:
 def test_reader_commands(tmp_path: Path) -> None:
     blob = GO_BLOBS / "min-chunk.esgz"
     info = json.loads(estargz("info", str(blob), "--json").stdout)
-    assert info["format"] == "estargz" and info["tocDigest"] == EXPECTED["min-chunk.esgz"]["tocDigest"]
+    assert (
+        info["format"] == "estargz"
+        and info["tocDigest"] == EXPECTED["min-chunk.esgz"]["tocDigest"]
+    )
     assert info["chunks"] == 50 and info["members"] < 10
     listing = estargz("ls", str(blob)).stdout.decode()
     assert "usr/bin/sh -> tool" in listing and "link to usr/bin/tool" in listing
     files = tar_files(INPUT.read_bytes())
-    assert estargz("cat", str(blob), "usr/share/words.txt").stdout == files["usr/share/words.txt"]
-    assert sha256(estargz("toc", str(blob)).stdout) == EXPECTED["min-chunk.esgz"]["tocDigest"]
-    ok = estargz("verify", str(blob), "--toc-digest", EXPECTED["min-chunk.esgz"]["tocDigest"])
+    assert (
+        estargz("cat", str(blob), "usr/share/words.txt").stdout
+        == files["usr/share/words.txt"]
+    )
+    assert (
+        sha256(estargz("toc", str(blob)).stdout)
+        == EXPECTED["min-chunk.esgz"]["tocDigest"]
+    )
+    ok = estargz(
+        "verify", str(blob), "--toc-digest", EXPECTED["min-chunk.esgz"]["tocDigest"]
+    )
     assert ok.stdout.startswith(b"ok: TOC digest matches")
-    bad = estargz("verify", str(blob), "--toc-digest", "sha256:" + "1" * 64, check=False)
+    bad = estargz(
+        "verify", str(blob), "--toc-digest", "sha256:" + "1" * 64, check=False
+    )
     assert bad.returncode == 1 and b"TOC digest mismatch" in bad.stderr
     missing = estargz("cat", str(blob), "no/such", check=False)
     assert missing.returncode == 1 and b"'no/such' is not in the blob" in missing.stderr
@@ -123,13 +174,18 @@ def test_reader_commands(tmp_path: Path) -> None:
     estargz("extract", str(blob), str(target))
     assert (target / "usr/share/words.txt").read_bytes() == files["usr/share/words.txt"]
     estargz("unpack", str(blob), str(tmp_path / "l.tar"))
-    assert tar_files((tmp_path / "l.tar").read_bytes())["etc/hosts"] == files["etc/hosts"]
+    assert (
+        tar_files((tmp_path / "l.tar").read_bytes())["etc/hosts"] == files["etc/hosts"]
+    )
 
 
 def test_external_toc_commands() -> None:
     blob, toc = GO_BLOBS / "keep-diff-id.esgz", GO_BLOBS / "keep-diff-id.toc.tar.gz"
     estargz("verify", str(blob), "--external-toc", str(toc))
-    assert estargz("unpack", str(blob), "-", "--external-toc", str(toc)).stdout == INPUT.read_bytes()
+    assert (
+        estargz("unpack", str(blob), "-", "--external-toc", str(toc)).stdout
+        == INPUT.read_bytes()
+    )
     result = estargz("ls", str(blob), check=False)
     assert result.returncode == 1 and b"--external-toc" in result.stderr
 

@@ -62,16 +62,31 @@ def test_modtimes_as_go_formats_them(nanoseconds: int, text: str) -> None:
 
 @pytest.mark.parametrize(
     "raw, clean",
-    [(b"./a", b"a"), (b"/a/", b"a"), (b"../a", b"a"), (b"a/../../b", b"b"), (b"./", b""), (b"/", b""), (b"a//b/./c", b"a/b/c")],
+    [
+        (b"./a", b"a"),
+        (b"/a/", b"a"),
+        (b"../a", b"a"),
+        (b"a/../../b", b"b"),
+        (b"./", b""),
+        (b"/", b""),
+        (b"a//b/./c", b"a/b/c"),
+    ],
 )
 def test_clean_name(raw: bytes, clean: bytes) -> None:
     assert _format.clean_name(raw) == clean
 
 
 def test_footers_are_valid_empty_gzip_members() -> None:
-    for data in (_format.footer(0x1234), _format.legacy_footer(77), _format.EXTERNAL_TOC_FOOTER):
+    for data in (
+        _format.footer(0x1234),
+        _format.legacy_footer(77),
+        _format.EXTERNAL_TOC_FOOTER,
+    ):
         assert gzip.decompress(data) == b""
-    assert len(_format.footer(5)) == 51 and _format.footer(0xABC)[16:38] == b"0000000000000abcSTARGZ"
+    assert (
+        len(_format.footer(5)) == 51
+        and _format.footer(0xABC)[16:38] == b"0000000000000abcSTARGZ"
+    )
     assert len(_format.EXTERNAL_TOC_FOOTER) == 46
 
 
@@ -85,23 +100,40 @@ def test_toc_tar_as_go_writes_it() -> None:
     assert member.size == 14 and member.mode == 0
 
 
-@pytest.mark.parametrize("path", [p for p in tricky_tars() if p.name not in MALFORMED], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [p for p in tricky_tars() if p.name not in MALFORMED], ids=lambda p: p.name
+)
 def test_tar_reader_agrees_with_tarfile(path) -> None:  # type: ignore[no-untyped-def]
     data = plain_tar(path)
     ours = []
     reader = TarReader(ByteSource(io.BytesIO(data)))
     for entry in reader:
-        ours.append((entry.name.decode("utf-8", "surrogateescape"), entry.size if entry.typeflag in (b"0", b"7") else 0, entry.uid, entry.gid))
+        ours.append(
+            (
+                entry.name.decode("utf-8", "surrogateescape"),
+                entry.size if entry.typeflag in (b"0", b"7") else 0,
+                entry.uid,
+                entry.gid,
+            )
+        )
         reader.skip_payload()
     theirs = []
-    with tarfile.open(fileobj=io.BytesIO(data), encoding="utf-8", errors="surrogateescape") as tar:
+    with tarfile.open(
+        fileobj=io.BytesIO(data), encoding="utf-8", errors="surrogateescape"
+    ) as tar:
         for member in tar:
             if member.type in (tarfile.XGLTYPE,):
                 continue
             name = member.name
-            if member.isdir() and not name.endswith("/") and any(e[0] == name + "/" for e in ours):
+            if (
+                member.isdir()
+                and not name.endswith("/")
+                and any(e[0] == name + "/" for e in ours)
+            ):
                 name += "/"
-            theirs.append((name, member.size if member.isreg() else 0, member.uid, member.gid))
+            theirs.append(
+                (name, member.size if member.isreg() else 0, member.uid, member.gid)
+            )
     if path.name.startswith("sparse"):
         # tarfile reports the expanded size of sparse files; we keep the
         # stored entry and let the writer refuse it.
@@ -125,7 +157,9 @@ def test_tar_reader_offsets_and_raw_bytes() -> None:
 
 
 def test_pax_global_header_applies_to_later_entries() -> None:
-    data = plain_tar(next(p for p in tricky_tars() if p.name == "pax-global-header.tar"))
+    data = plain_tar(
+        next(p for p in tricky_tars() if p.name == "pax-global-header.tar")
+    )
     reader = TarReader(ByteSource(io.BytesIO(data)))
     entries = []
     for entry in reader:
@@ -150,5 +184,7 @@ def test_malformed_headers_are_located() -> None:
     with pytest.raises(estargz.InputError, match="checksum|not an octal number"):
         next(reader)
     zero_then_junk = bytes(512) + b"\x01" * 512
-    with pytest.raises(estargz.InputError, match="a zero block is followed by a non-zero block"):
+    with pytest.raises(
+        estargz.InputError, match="a zero block is followed by a non-zero block"
+    ):
         list(TarReader(ByteSource(io.BytesIO(zero_then_junk))))

@@ -79,7 +79,10 @@ def semantic(toc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def go_converts(go: Path, source: Path, out: Path, *options: str) -> bool:
-    result = subprocess.run([str(go), "convert", "-workers", "1", *options, str(source), str(out)], capture_output=True)
+    result = subprocess.run(
+        [str(go), "convert", "-workers", "1", *options, str(source), str(out)],
+        capture_output=True,
+    )
     return result.returncode == 0
 
 
@@ -141,20 +144,32 @@ def test_real_layer_both_ways(go: Path, tmp_path: Path, level: int) -> None:
     listing.write_text("\n".join(names))
     writer.convert(layer, ours, prioritized_files=names)
     assert go_converts(go, layer, theirs, "-prioritized", str(listing))
-    assert semantic(run_go(go, "toc", str(ours))) == semantic(run_go(go, "toc", str(theirs)))
+    assert semantic(run_go(go, "toc", str(ours))) == semantic(
+        run_go(go, "toc", str(theirs))
+    )
     run_go(go, "verify", str(ours))
 
 
-def test_keep_diff_id_keeps_the_diff_id_of_every_input(go: Path, tmp_path: Path) -> None:
+def test_keep_diff_id_keeps_the_diff_id_of_every_input(
+    go: Path, tmp_path: Path
+) -> None:
     for path in convertible_tars():
         if path.name == "name-stargz-index-json.tar":
             continue
-        result = writer.convert(path, tmp_path / "b.esgz", external_toc=tmp_path / "t.gz", keep_diff_id=True)
+        result = writer.convert(
+            path, tmp_path / "b.esgz", external_toc=tmp_path / "t.gz", keep_diff_id=True
+        )
         assert result.diff_id == sha256(plain_tar(path)), path.name
 
 
 def test_go_reference_blobs_are_verified_by_go_too(go: Path) -> None:
     expected = json.loads((GO_BLOBS / "expected.json").read_text())
     for name in ("default.esgz", "prioritized.esgz"):
-        report = run_go(go, "verify", "-toc-digest", expected[name]["tocDigest"], str(GO_BLOBS / name))
+        report = run_go(
+            go,
+            "verify",
+            "-toc-digest",
+            expected[name]["tocDigest"],
+            str(GO_BLOBS / name),
+        )
         assert report["ok"]

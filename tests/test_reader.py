@@ -42,7 +42,9 @@ GO_CASES = {
 def test_reads_and_verifies_every_go_blob(name: str) -> None:
     toc = GO_CASES[name]
     expected = EXPECTED[name]
-    with open_blob(GO_BLOBS / name, external_toc=GO_BLOBS / toc if toc else None) as blob:
+    with open_blob(
+        GO_BLOBS / name, external_toc=GO_BLOBS / toc if toc else None
+    ) as blob:
         assert blob.toc_digest == expected["tocDigest"]
         assert blob.format == ("external" if toc else "estargz")
         report = blob.verify(expected["tocDigest"])
@@ -50,7 +52,9 @@ def test_reads_and_verifies_every_go_blob(name: str) -> None:
         for path, content in INPUT_FILES.items():
             assert blob.read(path) == content, path
         if toc:
-            assert sha256((GO_BLOBS / toc).read_bytes()) == expected["externalTOCDigest"]
+            assert (
+                sha256((GO_BLOBS / toc).read_bytes()) == expected["externalTOCDigest"]
+            )
 
 
 def test_min_chunk_blob_shares_members() -> None:
@@ -73,16 +77,24 @@ def test_legacy_stargz_footer() -> None:
 
 def test_external_toc_given_as_bytes_file_or_callable() -> None:
     toc_path = GO_BLOBS / "external-toc.toc.tar.gz"
-    for given in (toc_path.read_bytes(), io.BytesIO(toc_path.read_bytes()), toc_path.read_bytes.__call__):
+    for given in (
+        toc_path.read_bytes(),
+        io.BytesIO(toc_path.read_bytes()),
+        toc_path.read_bytes.__call__,
+    ):
         with open_blob(GO_BLOBS / "external-toc.esgz", external_toc=given) as blob:
             assert blob.toc_digest == EXPECTED["external-toc.esgz"]["tocDigest"]
-    with pytest.raises(estargz.BlobFormatError, match="give the TOC with --external-toc"):
+    with pytest.raises(
+        estargz.BlobFormatError, match="give the TOC with --external-toc"
+    ):
         open_blob(GO_BLOBS / "external-toc.esgz")
 
 
 def test_toc_digest_mismatch_is_refused() -> None:
     wrong = "sha256:" + "0" * 64
-    with pytest.raises(estargz.VerificationError, match=f"TOC digest mismatch: .* expected {wrong}"):
+    with pytest.raises(
+        estargz.VerificationError, match=f"TOC digest mismatch: .* expected {wrong}"
+    ):
         open_blob(GO_BLOBS / "default.esgz", toc_digest=wrong)
     with pytest.raises(estargz.VerificationError, match="is not a sha256 digest"):
         open_blob(GO_BLOBS / "default.esgz", toc_digest="md5:abc")
@@ -120,7 +132,9 @@ def test_reading_through_a_callable_range_source() -> None:
         return data[offset : offset + size]
 
     with open_blob(CallableSource(fetch, len(data))) as blob:
-        assert blob.read("usr/share/small/07.txt") == INPUT_FILES["usr/share/small/07.txt"]
+        assert (
+            blob.read("usr/share/small/07.txt") == INPUT_FILES["usr/share/small/07.txt"]
+        )
     assert all(size < 100_000 for _, size in calls)
 
 
@@ -207,7 +221,10 @@ def blob_with_toc(toc_json: bytes, payload: bytes = b"") -> bytes:
         (b"junk" * 20, "not an eStargz blob"),
         (footer(10)[:-1], "not an eStargz blob"),
         (footer(10).replace(b"STARGZ", b"STARGY"), "not an eStargz blob"),
-        (footer(10).replace(b"000000000000000a", b"00000000000000zz"), "not hexadecimal"),
+        (
+            footer(10).replace(b"000000000000000a", b"00000000000000zz"),
+            "not hexadecimal",
+        ),
         (footer(0x7FFFFFFFFF), "TOC offset 549755813887 is outside"),
     ],
 )
@@ -229,13 +246,22 @@ def test_footer_parser_directly() -> None:
     [
         (b"{", "bad JSON"),
         (b'{"version": 1, "entries": [1]}', "entry 0: not a JSON object"),
-        (b'{"version": 1, "entries": [{"name": "a", "type": "reg", "size": -1}]}', "size -1 is not a non-negative integer"),
-        (b'{"version": 1, "entries": [{"name": "a", "type": "weird"}]}', "unknown type 'weird'"),
+        (
+            b'{"version": 1, "entries": [{"name": "a", "type": "reg", "size": -1}]}',
+            "size -1 is not a non-negative integer",
+        ),
+        (
+            b'{"version": 1, "entries": [{"name": "a", "type": "weird"}]}',
+            "unknown type 'weird'",
+        ),
         (
             b'{"version": 1, "entries": [{"name": "a", "type": "reg", "size": 5, "chunkDigest": "sha256:xyz"}]}',
             "chunkDigest 'sha256:xyz' is not a valid digest",
         ),
-        (b'{"version": 1, "entries": [{"name": "a", "type": "chunk"}]}', "follows no regular file"),
+        (
+            b'{"version": 1, "entries": [{"name": "a", "type": "chunk"}]}',
+            "follows no regular file",
+        ),
         (
             b'{"version": 1, "entries": [{"name": "a", "type": "reg", "size": 5, "offset": 99999}]}',
             r"'a': chunk at compressed offset 99999 lies beyond the blob's data",
@@ -246,7 +272,10 @@ def test_footer_parser_directly() -> None:
             "its chunks do not cover its 10 bytes",
         ),
         (b'{"version": "1", "entries": []}', "version '1' is not an integer"),
-        (b'{"version": 1, "entries": [{"name": "a", "type": "reg", "xattrs": {"k": "!!"}}]}', "xattr 'k' is not base64"),
+        (
+            b'{"version": 1, "entries": [{"name": "a", "type": "reg", "xattrs": {"k": "!!"}}]}',
+            "xattr 'k' is not base64",
+        ),
         (b"[" * 100000, "bad JSON|nested too deeply"),
     ],
 )
@@ -256,7 +285,7 @@ def test_malformed_tocs_get_located_errors(toc_json: bytes, message: str) -> Non
 
 
 def test_toc_over_the_cap() -> None:
-    entries = ",".join('{"name": "f%d", "type": "dir"}' % i for i in range(2000))
+    entries = ",".join(f'{{"name": "f{i}", "type": "dir"}}' for i in range(2000))
     data = blob_with_toc(('{"version": 1, "entries": [' + entries + "]}").encode())
     open_blob(data)
     with pytest.raises(estargz.BlobFormatError, match="over the cap|more than the cap"):
@@ -265,9 +294,14 @@ def test_toc_over_the_cap() -> None:
 
 def test_toc_tar_must_hold_the_index() -> None:
     member = _native.MemberCompressor(6).compress(make_tar([("other.json", b"{}")]))
-    with pytest.raises(estargz.BlobFormatError, match="first entry is 'other.json', not 'stargz.index.json'"):
+    with pytest.raises(
+        estargz.BlobFormatError,
+        match="first entry is 'other.json', not 'stargz.index.json'",
+    ):
         open_blob(member + footer(0))
-    with pytest.raises(estargz.BlobFormatError, match="TOC member at offset 0: .*corrupt|truncated"):
+    with pytest.raises(
+        estargz.BlobFormatError, match="TOC member at offset 0: .*corrupt|truncated"
+    ):
         open_blob(member[:20] + member[40:] + footer(0))
 
 
@@ -284,7 +318,10 @@ def test_corrupt_chunk_is_named_with_offsets() -> None:
         offset = int(blob.toc.chunks.offset[row])
     broken = corrupt(data, offset + 30)
     with open_blob(broken) as blob:
-        with pytest.raises(estargz.VerificationError, match=rf"'usr/share/words.txt': chunk at file offset 0 \(compressed offset {offset}, innerOffset 0\)"):
+        with pytest.raises(
+            estargz.VerificationError,
+            match=rf"'usr/share/words.txt': chunk at file offset 0 \(compressed offset {offset}, innerOffset 0\)",
+        ):
             blob.read("usr/share/words.txt")
         with pytest.raises(estargz.VerificationError, match="words.txt|offset"):
             blob.verify()
@@ -302,7 +339,10 @@ def test_swapped_chunk_digest_is_caught(tmp_path: Path) -> None:
     offset = int(blob[-51 + 16 : -51 + 32], 16)
     forged = blob_with_toc(json.dumps(toc).encode(), blob[:offset])
     with open_blob(forged) as opened:
-        with pytest.raises(estargz.VerificationError, match=r"'a': chunk at file offset 0 .* digest sha256:"):
+        with pytest.raises(
+            estargz.VerificationError,
+            match=r"'a': chunk at file offset 0 .* digest sha256:",
+        ):
             opened.read("a")
     assert result.blob_size == len(blob)
 
@@ -318,7 +358,10 @@ def test_toc_that_disagrees_with_the_tar_stream(tmp_path: Path) -> None:
     # A TOC that hides an entry of the tar stream.
     hidden = dict(toc, entries=[e for e in toc["entries"] if e["name"] != "b"])
     with open_blob(blob_with_toc(json.dumps(hidden).encode(), blob[:offset])) as opened:
-        with pytest.raises(estargz.VerificationError, match=r"tar stream: entry 'b' at uncompressed offset \d+ is not in the TOC"):
+        with pytest.raises(
+            estargz.VerificationError,
+            match=r"tar stream: entry 'b' at uncompressed offset \d+ is not in the TOC",
+        ):
             opened.verify()
     # A TOC whose entry points at another member.
     moved = json.loads(json.dumps(toc))
@@ -333,7 +376,10 @@ def test_toc_that_disagrees_with_the_tar_stream(tmp_path: Path) -> None:
 def test_member_that_inflates_past_its_chunk(tmp_path: Path) -> None:
     # A member claiming a 5-byte chunk but holding a bomb: reading takes 5.
     bomb = _native.MemberCompressor(9).compress(b"hello" + bytes(20 << 20))
-    toc = {"version": 1, "entries": [{"name": "a", "type": "reg", "size": 5, "offset": 0}]}
+    toc = {
+        "version": 1,
+        "entries": [{"name": "a", "type": "reg", "size": 5, "offset": 0}],
+    }
     data = blob_with_toc(json.dumps(toc).encode(), bomb)
     with open_blob(data, verify_chunks=False) as blob:
         assert blob.read("a") == b"hello"
@@ -372,7 +418,9 @@ def test_extract_reproduces_the_layer(tmp_path: Path) -> None:
         ("name-leading-slash.tar", ["abs/file.txt", "etc/passwd-override"]),
     ],
 )
-def test_extract_never_leaves_the_target(tar_name: str, inside: list[str], tmp_path: Path) -> None:
+def test_extract_never_leaves_the_target(
+    tar_name: str, inside: list[str], tmp_path: Path
+) -> None:
     path = next(p for p in tricky_tars() if p.name == tar_name)
     out = tmp_path / "b.esgz"
     writer.convert(path, out)
@@ -389,10 +437,14 @@ def test_extract_refuses_to_write_through_symlinks(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     # A symlink to a directory outside, then a file "through" it.
-    out = convert_to(tmp_path, make_tar([("link", "->" + str(outside)), ("link/evil", b"pwned")]))
+    out = convert_to(
+        tmp_path, make_tar([("link", "->" + str(outside)), ("link/evil", b"pwned")])
+    )
     target = tmp_path / "root"
     with open_blob(out) as blob:
-        with pytest.raises(estargz.UnsafePathError, match=r"'link/evil': 'link' is a symlink"):
+        with pytest.raises(
+            estargz.UnsafePathError, match=r"'link/evil': 'link' is a symlink"
+        ):
             extract(blob, target)
     assert list(outside.iterdir()) == []
     # Also when the symlink already exists in the target directory.
@@ -477,7 +529,11 @@ def test_devices_and_fifos_as_root(tmp_path: Path) -> None:
         report = extract(blob, target)
     assert report.devices == 3 and report.fifos == 1
     null = os.stat(target / "dev/null", follow_symlinks=False)
-    assert stat.S_ISCHR(null.st_mode) and os.major(null.st_rdev) == 1 and os.minor(null.st_rdev) == 3
+    assert (
+        stat.S_ISCHR(null.st_mode)
+        and os.major(null.st_rdev) == 1
+        and os.minor(null.st_rdev) == 3
+    )
     assert stat.S_ISBLK(os.stat(target / "dev/sda").st_mode)
 
 
@@ -503,7 +559,9 @@ def test_whiteouts_stay_plain_files(tmp_path: Path) -> None:
     target = tmp_path / "root"
     with open_blob(out) as blob:
         extract(blob, target)
-    assert (target / "dir/.wh.deleted").is_file() and (target / ".wh.gone-dir").is_file()
+    assert (target / "dir/.wh.deleted").is_file() and (
+        target / ".wh.gone-dir"
+    ).is_file()
 
 
 # -- unpack ------------------------------------------------------------------------
@@ -513,7 +571,9 @@ def test_whiteouts_stay_plain_files(tmp_path: Path) -> None:
 def test_unpack_gives_back_the_layer(name: str, tmp_path: Path) -> None:
     toc = GO_CASES[name]
     out = tmp_path / "layer.tar"
-    with open_blob(GO_BLOBS / name, external_toc=GO_BLOBS / toc if toc else None) as blob:
+    with open_blob(
+        GO_BLOBS / name, external_toc=GO_BLOBS / toc if toc else None
+    ) as blob:
         written = unpack(blob, out)
     data = out.read_bytes()
     assert written == len(data)

@@ -43,11 +43,17 @@ MODES: dict[str, dict[str, Any]] = {
     "min-chunk": {"min_chunk_size": 4096},
     "external-toc": {"external": True},
     "keep-diff-id": {"external": True, "keep_diff_id": True},
-    "keep-diff-id-min-chunk": {"external": True, "keep_diff_id": True, "min_chunk_size": 4096},
+    "keep-diff-id-min-chunk": {
+        "external": True,
+        "keep_diff_id": True,
+        "min_chunk_size": 4096,
+    },
 }
 
 
-def convert(source: Any, tmp_path: Path, name: str = "out", **options: Any) -> tuple[Path, Any, Path | None]:
+def convert(
+    source: Any, tmp_path: Path, name: str = "out", **options: Any
+) -> tuple[Path, Any, Path | None]:
     external = options.pop("external", False)
     out = tmp_path / f"{name}.esgz"
     toc = tmp_path / f"{name}.toc.tar.gz" if external else None
@@ -55,7 +61,9 @@ def convert(source: Any, tmp_path: Path, name: str = "out", **options: Any) -> t
     return out, result, toc
 
 
-def check_blob(blob_path: Path, toc_path: Path | None, source_tar: bytes, result: Any) -> None:
+def check_blob(
+    blob_path: Path, toc_path: Path | None, source_tar: bytes, result: Any
+) -> None:
     """Everything a converted blob must satisfy, checked independently."""
     blob = blob_path.read_bytes()
     external = toc_path.read_bytes() if toc_path else None
@@ -67,7 +75,9 @@ def check_blob(blob_path: Path, toc_path: Path | None, source_tar: bytes, result
     assert result.uncompressed_size == len(uncompressed)
     toc = toc_of(blob, external)
     toc_json = (
-        tarfile.open(fileobj=io.BytesIO(gzip.decompress(external))).extractfile("stargz.index.json").read()  # type: ignore[union-attr]
+        tarfile.open(fileobj=io.BytesIO(gzip.decompress(external)))
+        .extractfile("stargz.index.json")
+        .read()  # type: ignore[union-attr]
         if external
         else None
     )
@@ -75,7 +85,8 @@ def check_blob(blob_path: Path, toc_path: Path | None, source_tar: bytes, result
         assert result.external_toc_digest == sha256(external)
         assert result.external_toc_size == len(external)
         assert blob[-46:] == bytes.fromhex(
-            "1f8b08040000000000ff1500534711005354415247" "5a45585445524e414c544f43010000ffff0000000000000000"
+            "1f8b08040000000000ff1500534711005354415247"
+            "5a45585445524e414c544f43010000ffff0000000000000000"
         )
         assert result.toc_digest == sha256(toc_json)  # type: ignore[arg-type]
     # The files read back through our reader (chunks verified) equal the
@@ -96,8 +107,15 @@ def check_blob(blob_path: Path, toc_path: Path | None, source_tar: bytes, result
 @pytest.mark.parametrize("path", convertible_tars(), ids=lambda p: p.name)
 def test_every_tricky_tar_in_every_mode(path: Path, mode: str, tmp_path: Path) -> None:
     options = dict(MODES[mode])
-    if options.get("keep_diff_id") and b"stargz.index.json" in plain_tar(path) and "name-stargz" in path.name:
-        with pytest.raises(estargz.InputError, match=r"'stargz.index.json' at offset \d+: .*keep-diff-id"):
+    if (
+        options.get("keep_diff_id")
+        and b"stargz.index.json" in plain_tar(path)
+        and "name-stargz" in path.name
+    ):
+        with pytest.raises(
+            estargz.InputError,
+            match=r"'stargz.index.json' at offset \d+: .*keep-diff-id",
+        ):
             convert(path, tmp_path, **options)
         assert not list(tmp_path.iterdir())
         return
@@ -116,7 +134,9 @@ def test_output_is_the_same_for_any_thread_count(mode: str, tmp_path: Path) -> N
     runs = []
     for threads in (1, 2, 3, 8):
         options = {"chunk_size": 65536, **MODES[mode]}
-        out, result, toc = convert(source, tmp_path, f"t{threads}", threads=threads, **options)
+        out, result, toc = convert(
+            source, tmp_path, f"t{threads}", threads=threads, **options
+        )
         runs.append((out.read_bytes(), toc.read_bytes() if toc else None, result))
     first = runs[0]
     for other in runs[1:]:
@@ -128,16 +148,29 @@ def test_output_is_the_same_for_any_thread_count(mode: str, tmp_path: Path) -> N
 def test_large_layer_is_reproducible_across_threads(tmp_path: Path, rng: Any) -> None:
     # Enough data for many batches, big files split into segments, and a
     # member carried over batches in min-chunk mode.
-    files = [(f"dir{i % 7}/file{i}", rng.randbytes(rng.randrange(0, 40_000)) * rng.randrange(1, 3)) for i in range(300)]
+    files = [
+        (
+            f"dir{i % 7}/file{i}",
+            rng.randbytes(rng.randrange(0, 40_000)) * rng.randrange(1, 3),
+        )
+        for i in range(300)
+    ]
     files.append(("big/one", rng.randbytes(3_000_000) + bytes(2_000_000)))
     files.append(("big/two", bytes(range(256)) * 40_000))
     source = make_tar(files)
     layer = tmp_path / "layer.tar"
     layer.write_bytes(source)
-    for options in ({}, {"min_chunk_size": 50_000}, {"chunk_size": 10 << 20}, {"compression_level": 1}):
+    for options in (
+        {},
+        {"min_chunk_size": 50_000},
+        {"chunk_size": 10 << 20},
+        {"compression_level": 1},
+    ):
         blobs = set()
         for threads in (1, 2, 5):
-            out, result, _ = convert(layer, tmp_path, f"big{threads}", threads=threads, **options)
+            out, result, _ = convert(
+                layer, tmp_path, f"big{threads}", threads=threads, **options
+            )
             blobs.add(out.read_bytes())
         assert len(blobs) == 1, options
         check_blob(out, None, source, result)
@@ -149,9 +182,15 @@ def test_matches_the_go_reference_toc(tmp_path: Path) -> None:
     cases = {
         "default.esgz": ({}, None),
         "min-chunk.esgz": ({"min_chunk_size": 16384}, None),
-        "prioritized.esgz": ({"prioritized_files": ["usr/bin/sh", "usr/share/words.txt"]}, None),
+        "prioritized.esgz": (
+            {"prioritized_files": ["usr/bin/sh", "usr/share/words.txt"]},
+            None,
+        ),
         "external-toc.esgz": ({"external": True}, "external-toc.toc.tar.gz"),
-        "keep-diff-id.esgz": ({"external": True, "keep_diff_id": True}, "keep-diff-id.toc.tar.gz"),
+        "keep-diff-id.esgz": (
+            {"external": True, "keep_diff_id": True},
+            "keep-diff-id.toc.tar.gz",
+        ),
         "keep-diff-id-min-chunk.esgz": (
             {"external": True, "keep_diff_id": True, "min_chunk_size": 16384},
             "keep-diff-id-min-chunk.toc.tar.gz",
@@ -159,13 +198,24 @@ def test_matches_the_go_reference_toc(tmp_path: Path) -> None:
     }
 
     def without_offsets(toc: dict[str, Any]) -> list[dict[str, Any]]:
-        return [{k: v for k, v in e.items() if k not in ("offset", "innerOffset")} for e in toc["entries"]]
+        return [
+            {k: v for k, v in e.items() if k not in ("offset", "innerOffset")}
+            for e in toc["entries"]
+        ]
 
     def members_of(toc: dict[str, Any]) -> int:
-        return len({e.get("offset", 0) for e in toc["entries"] if e["type"] in ("reg", "chunk") and e.get("size", 1)})
+        return len(
+            {
+                e.get("offset", 0)
+                for e in toc["entries"]
+                if e["type"] in ("reg", "chunk") and e.get("size", 1)
+            }
+        )
 
     for name, (options, go_toc) in cases.items():
-        out, result, toc = convert(GO_BLOBS / "input.tar", tmp_path, name, chunk_size=65536, **options)
+        out, result, toc = convert(
+            GO_BLOBS / "input.tar", tmp_path, name, chunk_size=65536, **options
+        )
         ours = toc_of(out.read_bytes(), toc.read_bytes() if toc else None)
         go_blob = (GO_BLOBS / name).read_bytes()
         theirs = toc_of(go_blob, (GO_BLOBS / go_toc).read_bytes() if go_toc else None)
@@ -178,22 +228,35 @@ def test_matches_the_go_reference_toc(tmp_path: Path) -> None:
         assert result.uncompressed_size == expected[name]["uncompressedSize"]
         if options.get("keep_diff_id"):
             assert result.diff_id == expected[name]["diffID"]
-        if name in ("default.esgz", "prioritized.esgz", "external-toc.esgz", "keep-diff-id.esgz"):
+        if name in (
+            "default.esgz",
+            "prioritized.esgz",
+            "external-toc.esgz",
+            "keep-diff-id.esgz",
+        ):
             # Level 9 blobs no larger than Go's.
             assert result.blob_size <= expected[name]["blobSize"], name
 
 
 def test_member_layout_follows_go(tmp_path: Path) -> None:
-    source = make_tar([("d", None), ("d/a", b"A" * 100), ("d/b", b""), ("d/c", b"C" * 5000)])
+    source = make_tar(
+        [("d", None), ("d/a", b"A" * 100), ("d/b", b""), ("d/c", b"C" * 5000)]
+    )
     layer = tmp_path / "l.tar"
     layer.write_bytes(source)
-    out, result, _ = convert(layer, tmp_path)
+    out, _result, _ = convert(layer, tmp_path)
     blob = out.read_bytes()
     toc = toc_of(blob)
     offset = int(blob[-51 + 16 : -51 + 32], 16)
     found = members(blob, offset)
     # Member 0 holds the landmark's header; every chunk starts a member.
-    assert [e["name"] for e in toc["entries"]] == [".no.prefetch.landmark", "d/", "d/a", "d/b", "d/c"]
+    assert [e["name"] for e in toc["entries"]] == [
+        ".no.prefetch.landmark",
+        "d/",
+        "d/a",
+        "d/b",
+        "d/c",
+    ]
     starts = [start for start, _ in found]
     assert starts[0] == 0 and len(found[0][1]) == 512
     by_name = {e["name"]: e for e in toc["entries"]}
@@ -208,7 +271,9 @@ def test_member_layout_follows_go(tmp_path: Path) -> None:
 
 
 def test_chunking_rules(tmp_path: Path) -> None:
-    source = make_tar([("exact", b"x" * 2000), ("plus", b"y" * 2001), ("under", b"z" * 999)])
+    source = make_tar(
+        [("exact", b"x" * 2000), ("plus", b"y" * 2001), ("under", b"z" * 999)]
+    )
     layer = tmp_path / "l.tar"
     layer.write_bytes(source)
     out, _, _ = convert(layer, tmp_path, chunk_size=1000)
@@ -219,14 +284,21 @@ def test_chunking_rules(tmp_path: Path) -> None:
         if e["type"] != "chunk":
             last = e["name"]
         pieces.setdefault(last, []).append(e)
-    assert [(e["type"], e.get("chunkOffset", 0), e.get("chunkSize", 0)) for e in pieces["exact"]] == [
+    assert [
+        (e["type"], e.get("chunkOffset", 0), e.get("chunkSize", 0))
+        for e in pieces["exact"]
+    ] == [
         ("reg", 0, 1000),
         ("chunk", 1000, 1000),
     ]
-    assert [(e.get("chunkOffset", 0), e.get("chunkSize", 0)) for e in pieces["plus"]] == [(0, 1000), (1000, 1000), (2000, 0)]
+    assert [
+        (e.get("chunkOffset", 0), e.get("chunkSize", 0)) for e in pieces["plus"]
+    ] == [(0, 1000), (1000, 1000), (2000, 0)]
     assert [e.get("chunkSize", 0) for e in pieces["under"]] == [0]
     first = pieces["exact"][0]
-    assert first["digest"] == sha256(b"x" * 2000) and first["chunkDigest"] == sha256(b"x" * 1000)
+    assert first["digest"] == sha256(b"x" * 2000) and first["chunkDigest"] == sha256(
+        b"x" * 1000
+    )
 
 
 def test_go_json_text(tmp_path: Path) -> None:
@@ -236,11 +308,17 @@ def test_go_json_text(tmp_path: Path) -> None:
     out, result, _ = convert(layer, tmp_path)
     blob = out.read_bytes()
     offset = int(blob[-51 + 16 : -51 + 32], 16)
-    text = tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob[offset:-51]))).extractfile("stargz.index.json").read()  # type: ignore[union-attr]
+    text = (
+        tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob[offset:-51])))
+        .extractfile("stargz.index.json")
+        .read()
+    )  # type: ignore[union-attr]
     assert b'"name": "a\\u003cb\\u003e\\u0026c"' in text
     assert b'"name": "tab\\tnew\\nline"' in text
     assert '"name": "日本"'.encode() in text
-    assert text.startswith(b'{\n\t"version": 1,\n\t"entries": [\n\t\t{\n\t\t\t"name": ".no.prefetch.landmark",')
+    assert text.startswith(
+        b'{\n\t"version": 1,\n\t"entries": [\n\t\t{\n\t\t\t"name": ".no.prefetch.landmark",'
+    )
     assert text.endswith(b"\n\t\t}\n\t]\n}")
     assert result.toc_digest == sha256(text)
 
@@ -260,7 +338,14 @@ def test_invalid_utf8_names_become_replacement_characters(tmp_path: Path) -> Non
 
 def test_prioritized_files_come_first_with_parents(tmp_path: Path) -> None:
     source = make_tar(
-        [("a", None), ("a/x", b"1"), ("b", None), ("b/c", None), ("b/c/y", b"2"), ("z", b"3")]
+        [
+            ("a", None),
+            ("a/x", b"1"),
+            ("b", None),
+            ("b/c", None),
+            ("b/c/y", b"2"),
+            ("z", b"3"),
+        ]
     )
     layer = tmp_path / "l.tar"
     layer.write_bytes(source)
@@ -272,12 +357,19 @@ def test_prioritized_files_come_first_with_parents(tmp_path: Path) -> None:
 def test_missing_prioritized_file(tmp_path: Path) -> None:
     layer = tmp_path / "l.tar"
     layer.write_bytes(make_tar([("a", b"1")]))
-    with pytest.raises(estargz.InputError, match="prioritized file 'nope' is not in the layer"):
+    with pytest.raises(
+        estargz.InputError, match="prioritized file 'nope' is not in the layer"
+    ):
         convert(layer, tmp_path, prioritized_files=["nope"])
     assert not (tmp_path / "out.esgz").exists()
-    out, _, _ = convert(layer, tmp_path, prioritized_files=["nope"], allow_missing_prioritized=True)
+    out, _, _ = convert(
+        layer, tmp_path, prioritized_files=["nope"], allow_missing_prioritized=True
+    )
     # The list was not empty, so the prefetch landmark comes first (as Go).
-    assert [e["name"] for e in toc_of(out.read_bytes())["entries"]] == [".prefetch.landmark", "a"]
+    assert [e["name"] for e in toc_of(out.read_bytes())["entries"]] == [
+        ".prefetch.landmark",
+        "a",
+    ]
 
 
 def test_prioritized_from_gzip_and_hardlink_targets(tmp_path: Path) -> None:
@@ -302,7 +394,12 @@ def test_duplicates_later_wins(tmp_path: Path) -> None:
     path = next(p for p in tricky_tars() if p.name == "duplicate-entries.tar")
     out, result, _ = convert(path, tmp_path)
     entries = toc_of(out.read_bytes())["entries"]
-    assert [e["name"] for e in entries] == [".no.prefetch.landmark", "dir/x", "dup.txt", "dir/"]
+    assert [e["name"] for e in entries] == [
+        ".no.prefetch.landmark",
+        "dir/x",
+        "dup.txt",
+        "dir/",
+    ]
     with open_blob(out) as blob:
         assert blob.read("dup.txt") == b"second (later wins)\n"
         blob.verify(result.toc_digest)
@@ -318,11 +415,15 @@ def test_duplicates_later_wins(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["gzip", "zstd", "stream"])
 def test_compressed_and_streamed_inputs(kind: str, tmp_path: Path) -> None:
     source = (GO_BLOBS / "input.tar").read_bytes()
-    reference, ref_result, _ = convert(GO_BLOBS / "input.tar", tmp_path, "ref", chunk_size=65536)
+    reference, ref_result, _ = convert(
+        GO_BLOBS / "input.tar", tmp_path, "ref", chunk_size=65536
+    )
     if kind == "gzip":
         data: Any = io.BytesIO(gzip.compress(source))
     elif kind == "zstd":
-        zstandard = pytest.importorskip("zstandard", reason="Limitation: zstd input needs the zstandard package")
+        zstandard = pytest.importorskip(
+            "zstandard", reason="Limitation: zstd input needs the zstandard package"
+        )
         data = io.BytesIO(zstandard.ZstdCompressor().compress(source))
     else:
 
@@ -349,7 +450,9 @@ def test_multimember_gzip_input(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(MALFORMED))
-def test_malformed_input_is_refused_and_leaves_nothing(name: str, tmp_path: Path) -> None:
+def test_malformed_input_is_refused_and_leaves_nothing(
+    name: str, tmp_path: Path
+) -> None:
     path = next(p for p in tricky_tars() if p.name == name)
     messages = {
         "malformed-bad-checksum.tar": r"tar: entry 'bad.txt' at offset 0: header checksum is 7272, the header sums to 7271",
@@ -367,7 +470,10 @@ def test_malformed_input_is_refused_and_leaves_nothing(name: str, tmp_path: Path
 @pytest.mark.parametrize("name", ["sparse-gnu-oldgnu.tar", "sparse-pax-0.0.tar"])
 def test_sparse_files_are_refused_clearly(name: str, tmp_path: Path) -> None:
     path = next(p for p in tricky_tars() if p.name == name)
-    with pytest.raises(estargz.InputError, match=r"entry './sparse.img' at offset 1536: sparse files .* are not supported"):
+    with pytest.raises(
+        estargz.InputError,
+        match=r"entry './sparse.img' at offset 1536: sparse files .* are not supported",
+    ):
         convert(path, tmp_path)
     assert not list(tmp_path.iterdir())
 
@@ -389,16 +495,27 @@ def test_corrupt_gzip_input_names_the_offset(tmp_path: Path) -> None:
 
 
 def test_option_checks() -> None:
-    with pytest.raises(estargz.ConversionError, match="keep-diff-id needs an external TOC"):
+    with pytest.raises(
+        estargz.ConversionError, match="keep-diff-id needs an external TOC"
+    ):
         writer.convert(GO_BLOBS / "input.tar", io.BytesIO(), keep_diff_id=True)
     with pytest.raises(estargz.ConversionError, match="cannot reorder"):
-        writer.convert(GO_BLOBS / "input.tar", io.BytesIO(), keep_diff_id=True, external_toc=io.BytesIO(), prioritized_files=["a"])
+        writer.convert(
+            GO_BLOBS / "input.tar",
+            io.BytesIO(),
+            keep_diff_id=True,
+            external_toc=io.BytesIO(),
+            prioritized_files=["a"],
+        )
     with pytest.raises(estargz.ConversionError, match="level must be 0-9, got 10"):
         writer.convert(GO_BLOBS / "input.tar", io.BytesIO(), compression_level=10)
 
 
 def test_existing_toc_and_landmarks_are_dropped(tmp_path: Path) -> None:
-    for name, dropped in (("name-stargz-index-json.tar", "stargz.index.json"), ("name-prefetch-landmark.tar", ".prefetch.landmark")):
+    for name, dropped in (
+        ("name-stargz-index-json.tar", "stargz.index.json"),
+        ("name-prefetch-landmark.tar", ".prefetch.landmark"),
+    ):
         path = next(p for p in tricky_tars() if p.name == name)
         out, _, _ = convert(path, tmp_path, name)
         names = [e["name"] for e in toc_of(out.read_bytes())["entries"]]
@@ -413,7 +530,9 @@ def test_read_prioritized_files_formats(tmp_path: Path) -> None:
     lines.write_text("a/b\n\n./c\na/b\n")
     assert writer.read_prioritized_files(lines) == ["a/b", "./c"]
     record = tmp_path / "record.json"
-    record.write_text('{"path":"x","manifestDigest":"sha256:00","layerIndex":0}\n{"path":"y"}\n{"path":"x"}\n')
+    record.write_text(
+        '{"path":"x","manifestDigest":"sha256:00","layerIndex":0}\n{"path":"y"}\n{"path":"x"}\n'
+    )
     assert writer.read_prioritized_files(record) == ["x", "y"]
     bad = tmp_path / "bad.json"
     bad.write_text('{"path": 1}')
@@ -425,19 +544,23 @@ def test_empty_layer(tmp_path: Path) -> None:
     layer = tmp_path / "empty.tar"
     layer.write_bytes(bytes(1024))
     out, result, _ = convert(layer, tmp_path)
-    assert [e["name"] for e in toc_of(out.read_bytes())["entries"]] == [".no.prefetch.landmark"]
+    assert [e["name"] for e in toc_of(out.read_bytes())["entries"]] == [
+        ".no.prefetch.landmark"
+    ]
     out, result, toc = convert(layer, tmp_path, "kd", external=True, keep_diff_id=True)
     assert result.diff_id == sha256(bytes(1024))
     assert toc_of(out.read_bytes(), toc.read_bytes())["entries"] is None  # type: ignore[union-attr]
     nothing = tmp_path / "nothing.tar"
     nothing.write_bytes(b"")
-    out, result, toc = convert(nothing, tmp_path, "none", external=True, keep_diff_id=True)
+    out, result, toc = convert(
+        nothing, tmp_path, "none", external=True, keep_diff_id=True
+    )
     assert result.uncompressed_size == 0 and result.diff_id == sha256(b"")
 
 
-names = st.text(alphabet=st.sampled_from("abcxyz/._- é"), min_size=1, max_size=20).filter(
-    lambda n: n.strip("/") not in ("", ".", "..") and "//" not in n
-)
+names = st.text(
+    alphabet=st.sampled_from("abcxyz/._- é"), min_size=1, max_size=20
+).filter(lambda n: n.strip("/") not in ("", ".", "..") and "//" not in n)
 
 
 @settings(max_examples=25, deadline=None)
@@ -446,7 +569,9 @@ names = st.text(alphabet=st.sampled_from("abcxyz/._- é"), min_size=1, max_size=
     chunk=st.sampled_from([64, 1000, 4 << 20]),
     min_chunk=st.sampled_from([0, 200, 5000]),
 )
-def test_round_trip_property(files: list[tuple[str, bytes]], chunk: int, min_chunk: int, tmp_path_factory: Any) -> None:
+def test_round_trip_property(
+    files: list[tuple[str, bytes]], chunk: int, min_chunk: int, tmp_path_factory: Any
+) -> None:
     tmp = tmp_path_factory.mktemp("prop")
     source = make_tar([(n.strip("/"), d) for n, d in files])
     layer = tmp / "l.tar"
@@ -465,7 +590,15 @@ def test_round_trip_property(files: list[tuple[str, bytes]], chunk: int, min_chu
             rows = range(entry.chunk_start, entry.chunk_start + entry.chunk_count)
             assert sum(int(toc.chunks.size[r]) for r in rows) == entry.size
     blob.verify(result.toc_digest)
-    out2, result2, toc2 = convert(layer, tmp, "kd", chunk_size=chunk, min_chunk_size=min_chunk, external=True, keep_diff_id=True)
+    _out2, result2, _toc2 = convert(
+        layer,
+        tmp,
+        "kd",
+        chunk_size=chunk,
+        min_chunk_size=min_chunk,
+        external=True,
+        keep_diff_id=True,
+    )
     assert result2.diff_id == sha256(source)
 
 
@@ -481,7 +614,12 @@ def test_memory_does_not_grow_with_layer_size(tmp_path: Path) -> None:
             for i in range(megabytes):
                 info = tarfile.TarInfo(f"f{i:05d}")
                 info.size = len(block)
-                tar.addfile(info, io.BytesIO(hashlib.sha256(block + bytes([i % 256])).digest() * 32768))
+                tar.addfile(
+                    info,
+                    io.BytesIO(
+                        hashlib.sha256(block + bytes([i % 256])).digest() * 32768
+                    ),
+                )
 
     peaks = []
     for size in (40, 400):
@@ -492,7 +630,9 @@ def test_memory_does_not_grow_with_layer_size(tmp_path: Path) -> None:
             f"main(['-q', 'convert', {str(path)!r}, {str(tmp_path / 'o.esgz')!r}, '--compression-level', '1']); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
         )
-        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", code], check=True, capture_output=True, text=True
+        ).stdout
         peaks.append(int(out.splitlines()[-1]))
         path.unlink()
     assert peaks[1] < peaks[0] + 16 * 1024, peaks  # KiB

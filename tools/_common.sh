@@ -48,5 +48,9 @@ make_venv() {
         "$VENV/bin/python" -m pip install -q --upgrade pip
     fi
     log "installing estargz[$extras] (builds zlib-ng once, then the extension)"
-    "$VENV/bin/python" -m pip install -q -e "$REPO[$extras]"
+    if [ -n "$extras" ]; then
+        "$VENV/bin/python" -m pip install -q -e "$REPO[$extras]"
+    else
+        "$VENV/bin/python" -m pip install -q -e "$REPO"
+    fi
 }

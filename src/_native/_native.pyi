@@ -14,6 +14,10 @@ from estargz.errors import NativeError as NativeError
 
 DEFAULT_MAX_OUTPUT: Final[int]
 GZIP_MAGIC: Final[bytes]
+KIND_START: Final[int]
+KIND_CHUNK: Final[int]
+KIND_LANDMARK: Final[int]
+KIND_CONTINUATION: Final[int]
 FINAL_EMPTY_BLOCK: Final[bytes]
 
 class _BinarySource(Protocol):
@@ -44,12 +48,14 @@ class MemberCompressor:
     def compress_segment(
         self, data: Buffer, dictionary: Optional[Buffer] = None, last: bool = False
     ) -> tuple[bytes, int]: ...
-    def compress_batch(
+    def compress_layer(
         self,
         data: Buffer,
         begin: int,
         ends: Buffer,
-        flags: Buffer,
+        kinds: Buffer,
+        min_chunk_size: int,
+        open_at_end: bool,
         hash_spans: Optional[Buffer] = None,
     ) -> tuple[bytes, bytes, bytes, bytes]: ...
 
@@ -100,4 +106,4 @@ class Sha256:
     ) -> None: ...
     def digest(self) -> bytes: ...
     def hexdigest(self) -> str: ...
-    def copy(self) -> "Sha256": ...
+    def copy(self) -> Sha256: ...

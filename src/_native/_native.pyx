@@ -415,7 +415,6 @@ cdef class MemberCompressor:
         finally:
             self.busy = False
 
-
     def compress_layer(self, const uint8_t[::1] data, Py_ssize_t begin,
                        const uint64_t[::1] ends, const uint8_t[::1] kinds,
                        uint64_t min_chunk_size, bint open_at_end,
@@ -470,7 +469,8 @@ cdef class MemberCompressor:
         start = begin
         for i in range(count):
             if ends[i] < start or ends[i] > total:
-                raise ValueError(f"segment {i} ends at {ends[i]}, outside {start}..{total}")
+                raise ValueError(
+                    f"segment {i} ends at {ends[i]}, outside {start}..{total}")
             if kinds[i] > SEGMENT_CONTINUATION:
                 raise ValueError(f"segment {i} has unknown kind {kinds[i]}")
             start = ends[i]
@@ -505,8 +505,9 @@ cdef class MemberCompressor:
                         break
                     end = ends[i]
                     kind = kinds[i]
-                    if not piece_open or kind == SEGMENT_START or kind == SEGMENT_LANDMARK \
-                            or (kind == SEGMENT_CHUNK and min_chunk_size == 0):
+                    if (not piece_open or kind == SEGMENT_START
+                            or kind == SEGMENT_LANDMARK
+                            or (kind == SEGMENT_CHUNK and min_chunk_size == 0)):
                         opens = True
                     elif kind == SEGMENT_CHUNK:
                         # Go's rule: flush, then compare the member's size.
@@ -548,12 +549,14 @@ cdef class MemberCompressor:
                     piece_usize += end - start
                     start = end
                 if status == 0 and piece_open:
-                    status = deflate_all(&self.strm, NULL, 0,
-                                         Z_SYNC_FLUSH if open_at_end else Z_FINISH, &out)
+                    status = deflate_all(
+                        &self.strm, NULL, 0,
+                        Z_SYNC_FLUSH if open_at_end else Z_FINISH, &out)
                     pieces[4 * piece_count] = out.size
                     pieces[4 * piece_count + 1] = piece_usize
                     pieces[4 * piece_count + 2] = piece_crc
-                    pieces[4 * piece_count + 3] = piece_flags | (0 if open_at_end else 2)
+                    pieces[4 * piece_count + 3] = (
+                        piece_flags | (0 if open_at_end else 2))
                     piece_count += 1
                 if status == 0:
                     for i in range(spans):
@@ -567,7 +570,8 @@ cdef class MemberCompressor:
                 outbuf_to_bytes(&out),
                 PyBytes_FromStringAndSize(<char *>pieces,
                                           piece_count * 4 * sizeof(uint64_t)),
-                PyBytes_FromStringAndSize(<char *>positions, count * 2 * sizeof(uint64_t)),
+                PyBytes_FromStringAndSize(<char *>positions,
+                                          count * 2 * sizeof(uint64_t)),
                 PyBytes_FromStringAndSize(<char *>digests, spans * 32),
             )
         finally:

@@ -95,9 +95,11 @@ class _Tree:
         if stat.S_ISDIR(info.st_mode):
             if keep_dir:
                 return
-            for path in [p for p in self._dirs if p == name or p.startswith(name + "/")]:
+            for path in [
+                p for p in self._dirs if p == name or p.startswith(name + "/")
+            ]:
                 os.close(self._dirs.pop(path))
-            shutil.rmtree(base, dir_fd=parent)  # type: ignore[call-arg]
+            shutil.rmtree(base, dir_fd=parent)
         else:
             os.unlink(base, dir_fd=parent)
 
@@ -134,7 +136,9 @@ def extract(blob: Blob, target: PathLike, *, xattrs: bool = True) -> ExtractRepo
             e for e in latest if e.type == "hardlink"
         ]:
             _extract_one(blob, tree, entry, root_user, xattrs, report, directories)
-        for name, entry in sorted(directories, key=lambda item: item[0].count("/"), reverse=True):
+        for name, entry in sorted(
+            directories, key=lambda item: item[0].count("/"), reverse=True
+        ):
             fd = tree.directory(name, name)
             _finish(fd, entry, root_user, xattrs, report)
     finally:
@@ -164,7 +168,11 @@ def _extract_one(
     if kind == "reg":
         fd = os.open(
             base,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+            os.O_WRONLY
+            | os.O_CREAT
+            | os.O_EXCL
+            | os.O_NOFOLLOW
+            | getattr(os, "O_CLOEXEC", 0),
             0o600,
             dir_fd=parent,
         )
@@ -226,10 +234,14 @@ def _extract_one(
             return
         _finish_path(base, parent, entry, root_user)
     else:
-        raise VerificationError(f"{entry.raw_name!r}: cannot extract an entry of type {kind!r}")
+        raise VerificationError(
+            f"{entry.raw_name!r}: cannot extract an entry of type {kind!r}"
+        )
 
 
-def _finish(fd: int, entry: TOCEntry, root_user: bool, xattrs: bool, report: ExtractReport) -> None:
+def _finish(
+    fd: int, entry: TOCEntry, root_user: bool, xattrs: bool, report: ExtractReport
+) -> None:
     """Owner, mode, extended attributes and times of an open file or directory."""
     if root_user:
         os.fchown(fd, entry.uid, entry.gid)
@@ -241,7 +253,12 @@ def _finish(fd: int, entry: TOCEntry, root_user: bool, xattrs: bool, report: Ext
             except OSError as exc:
                 report.xattr_failures += 1
                 if report.xattr_failures == 1:
-                    log.warning("cannot set extended attribute %s on %r: %s", key, entry.name, exc)
+                    log.warning(
+                        "cannot set extended attribute %s on %r: %s",
+                        key,
+                        entry.name,
+                        exc,
+                    )
     times = _times(entry)
     if times:
         os.utime(fd, ns=times)
@@ -313,6 +330,6 @@ class _Counter:
         self._out = out
         self.count = 0
 
-    def write(self, data: object) -> None:
-        self._out.write(data)  # type: ignore[arg-type]
-        self.count += len(data)  # type: ignore[arg-type]
+    def write(self, data: Union[bytes, bytearray, memoryview]) -> None:
+        self._out.write(data)
+        self.count += len(data)

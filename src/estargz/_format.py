@@ -198,7 +198,9 @@ class TOCRecord:
         previous entry of the same id already carried them).
         """
         t = "\t\t\t"
-        parts = [f'\t\t{{\n{t}"name": {json_string(self.name)},\n{t}"type": "{self.type}"']
+        parts = [
+            f'\t\t{{\n{t}"name": {json_string(self.name)},\n{t}"type": "{self.type}"'
+        ]
         if self.size:
             parts.append(f'{t}"size": {self.size}')
         if self.modtime:

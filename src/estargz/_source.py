@@ -46,9 +46,11 @@ class FileSource(_Counting):
         self._lock = threading.Lock()
         if isinstance(file, (str, os.PathLike)):
             try:
-                self._file: BinaryIO = open(file, "rb")  # noqa: SIM115
+                self._file: BinaryIO = open(file, "rb")
             except OSError as exc:
-                raise BlobFormatError(f"cannot open blob {os.fspath(file)!r}: {exc}") from exc
+                raise BlobFormatError(
+                    f"cannot open blob {os.fspath(file)!r}: {exc}"
+                ) from exc
             self._owned = True
         else:
             self._file = file
@@ -126,4 +128,4 @@ def as_source(blob: Union[PathLike, BinaryIO, bytes, RangeSource]) -> RangeSourc
         return BytesSource(bytes(blob))
     if isinstance(blob, RangeSource):
         return blob
-    return FileSource(blob)  # type: ignore[arg-type]
+    return FileSource(blob)

@@ -148,10 +148,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-_OPENED: list["Blob"] = []
+_OPENED: list[Blob] = []
 
 
-def _open(args: argparse.Namespace, **options: object) -> "Blob":
+def _open(args: argparse.Namespace, **options: object) -> Blob:
     from estargz.reader import open_blob
 
     blob = open_blob(args.blob, external_toc=args.external_toc, **options)  # type: ignore[arg-type]
@@ -186,9 +186,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return 0
     width = max(len(key) for key in report)
     for key, value in report.items():
-        if key == "entriesByType":
-            value = ", ".join(f"{n} {t}" for t, n in value.items())  # type: ignore[union-attr]
-        print(f"{key:<{width}}  {value}")
+        shown = (
+            ", ".join(f"{n} {t}" for t, n in types.items())
+            if key == "entriesByType"
+            else value
+        )
+        print(f"{key:<{width}}  {shown}")
     return 0
 
 
@@ -212,7 +215,11 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         owner = f"{entry.user_name or entry.uid}/{entry.group_name or entry.gid}"
         moment = entry.mtime
         when = moment.strftime("%Y-%m-%d %H:%M") if moment else "                "
-        size = f"{entry.dev_major},{entry.dev_minor}" if entry.type in ("char", "block") else str(entry.size)
+        size = (
+            f"{entry.dev_major},{entry.dev_minor}"
+            if entry.type in ("char", "block")
+            else str(entry.size)
+        )
         line = f"{mode} {owner:<17} {size:>10} {when} {entry.raw_name}"
         if entry.type == "symlink":
             line += f" -> {entry.link_name}"
@@ -267,7 +274,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         checked = "TOC digest matches, " if args.toc_digest else ""
         print(
             f"ok: {checked}{report.entries} entries, {report.chunks} chunks in "
-            f"{report.members} gzip members verified ({_human(report.uncompressed_bytes)} "
+            f"{report.members} gzip members verified "
+            f"({_human(report.uncompressed_bytes)} "
             f"of tar stream agree with the TOC)"
         )
     return 0
@@ -279,11 +287,16 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     blob = _open(args)
     report = extract(blob, args.directory, xattrs=not args.no_xattrs)
     if not args.quiet:
-        skipped = f", {report.skipped_devices} device files skipped (not root)" if report.skipped_devices else ""
+        skipped = (
+            f", {report.skipped_devices} device files skipped (not root)"
+            if report.skipped_devices
+            else ""
+        )
         print(
             f"extracted {report.files} files ({_human(report.bytes)}), "
             f"{report.directories} directories, {report.symlinks} symlinks, "
-            f"{report.hardlinks} hardlinks, {report.devices + report.fifos} devices and "
+            f"{report.hardlinks} hardlinks, "
+            f"{report.devices + report.fifos} devices and "
             f"fifos{skipped}",
             file=sys.stderr,
         )
@@ -315,8 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert a layer (tar, tar.gz, tar.zst) into an eStargz blob",
         description="Convert a layer into an eStargz blob that Go stargz reads.",
     )
-    convert.add_argument("input", metavar="IN", help="the layer, or - for standard input")
-    convert.add_argument("output", metavar="OUT", help="the blob, or - for standard output")
+    convert.add_argument(
+        "input", metavar="IN", help="the layer, or - for standard input"
+    )
+    convert.add_argument(
+        "output", metavar="OUT", help="the blob, or - for standard output"
+    )
     _add_layer_options(convert)
     convert.add_argument(
         "--external-toc",
@@ -327,9 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--json", action="store_true", help="print one JSON report")
     convert.set_defaults(func=_cmd_convert)
 
-    def reader_command(name: str, help: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
-        command = commands.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
-        command.add_argument("blob", metavar="BLOB", help="an eStargz or legacy stargz blob")
+    def reader_command(
+        name: str, help: str, func: Callable[[argparse.Namespace], int]
+    ) -> argparse.ArgumentParser:
+        command = commands.add_parser(
+            name, help=help, description=help[0].upper() + help[1:] + "."
+        )
+        command.add_argument(
+            "blob", metavar="BLOB", help="an eStargz or legacy stargz blob"
+        )
         command.add_argument(
             "--external-toc",
             metavar="FILE",
@@ -338,7 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(func=func)
         return command
 
-    info = reader_command("info", "show a blob's format, footer, TOC and counts", _cmd_info)
+    info = reader_command(
+        "info", "show a blob's format, footer, TOC and counts", _cmd_info
+    )
     info.add_argument("--json", action="store_true", help="print one JSON object")
     reader_command("ls", "list a blob's entries, like tar tv", _cmd_ls)
     cat = reader_command("cat", "write one file of a blob to standard output", _cmd_cat)
@@ -347,7 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify = reader_command(
         "verify", "check the TOC, every chunk and the tar stream of a blob", _cmd_verify
     )
-    verify.add_argument("--toc-digest", metavar="DIGEST", help="the expected TOC digest")
+    verify.add_argument(
+        "--toc-digest", metavar="DIGEST", help="the expected TOC digest"
+    )
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     extract = reader_command("extract", "extract a blob into a directory", _cmd_extract)
     extract.add_argument("directory", metavar="DIR")
@@ -357,7 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     unpack = reader_command(
         "unpack", "write the blob's layer as a plain tar, without the TOC", _cmd_unpack
     )
-    unpack.add_argument("output", metavar="OUT", help="the tar, or - for standard output")
+    unpack.add_argument(
+        "output", metavar="OUT", help="the tar, or - for standard output"
+    )
     return parser
 
 
@@ -400,7 +429,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         return func(args)
-    except (EStargzError, EStargzErrorForCLI, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+    except (
+        EStargzError,
+        EStargzErrorForCLI,
+        FileNotFoundError,
+        IsADirectoryError,
+        NotADirectoryError,
+    ) as exc:
         print(f"estargz: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

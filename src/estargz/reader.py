@@ -68,7 +68,9 @@ def _hex_offset(text: bytes, where: str) -> int:
     try:
         return int(text.decode("ascii"), 16)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise BlobFormatError(f"{where}: TOC offset {text!r} is not hexadecimal") from exc
+        raise BlobFormatError(
+            f"{where}: TOC offset {text!r} is not hexadecimal"
+        ) from exc
 
 
 def _gzip_extra(tail: bytes) -> Optional[bytes]:
@@ -117,7 +119,8 @@ def parse_footer(data: bytes) -> Footer:
     shown = data[-16:].hex()
     raise BlobFormatError(
         "not an eStargz blob: the last bytes are neither an eStargz (51-byte), "
-        f"legacy stargz (47-byte) nor external-TOC (46-byte) footer (they end in {shown})"
+        "legacy stargz (47-byte) nor external-TOC (46-byte) footer "
+        f"(they end in {shown})"
     )
 
 
@@ -154,7 +157,9 @@ def _load_external(toc: TOCInput) -> bytes:
             with open(toc, "rb") as f:
                 return f.read()
         except OSError as exc:
-            raise BlobFormatError(f"cannot read external TOC {os.fspath(toc)!r}: {exc}") from exc
+            raise BlobFormatError(
+                f"cannot read external TOC {os.fspath(toc)!r}: {exc}"
+            ) from exc
     return toc.read()
 
 
@@ -176,7 +181,9 @@ class _SourceStream(io.RawIOBase):
             return 0
         data = self._source.read_at(self._position, size)
         if not data:
-            raise BlobFormatError(f"blob: the source ends early, at offset {self._position}")
+            raise BlobFormatError(
+                f"blob: the source ends early, at offset {self._position}"
+            )
         view[: len(data)] = data
         self._position += len(data)
         return len(data)
@@ -239,7 +246,9 @@ class Blob:
             gzipped = _load_external(external_toc)
             where = "external TOC"
             try:
-                tar_bytes = _native.inflate_stream(gzipped, max_output=max_toc_size + 3 * BLOCK)
+                tar_bytes = _native.inflate_stream(
+                    gzipped, max_output=max_toc_size + 3 * BLOCK
+                )
             except NativeError as exc:
                 raise BlobFormatError(f"{where}: {exc}") from exc
         else:
@@ -263,7 +272,8 @@ class Blob:
         self.toc_json = _toc_json(tar_bytes, where)
         if len(self.toc_json) > max_toc_size:
             raise BlobFormatError(
-                f"{where}: the TOC is {len(self.toc_json)} bytes, over the cap of {max_toc_size}"
+                f"{where}: the TOC is {len(self.toc_json)} bytes, "
+                f"over the cap of {max_toc_size}"
             )
         self.toc_digest = "sha256:" + _native.Sha256(self.toc_json).hexdigest()
         if toc_digest is not None:
@@ -297,7 +307,8 @@ class Blob:
             raise VerificationError(f"TOC digest {expected!r} is not a sha256 digest")
         if expected != self.toc_digest:
             raise VerificationError(
-                f"TOC digest mismatch: the blob's TOC is {self.toc_digest}, expected {expected}"
+                f"TOC digest mismatch: the blob's TOC is {self.toc_digest}, "
+                f"expected {expected}"
             )
 
     def lookup(self, name: str) -> TOCEntry:
@@ -332,10 +343,13 @@ class Blob:
         size = int(chunks.size[row])
         data = self.source.read_at(offset, end - offset)
         try:
-            plain = _native.inflate_member(data, 0, skip=inner, size=size, max_output=size)
+            plain = _native.inflate_member(
+                data, 0, skip=inner, size=size, max_output=size
+            )
         except NativeError as exc:
             raise VerificationError(
-                f"{self._chunk_place(row)}: {exc.args[0]} (member bytes {offset}..{end})"
+                f"{self._chunk_place(row)}: {exc.args[0]} "
+                f"(member bytes {offset}..{end})"
             ) from exc
         if self.verify_chunks:
             self._check_chunk(row, plain)
@@ -344,7 +358,8 @@ class Blob:
     def _chunk_place(self, row: int) -> str:
         chunks = self.toc.chunks
         return (
-            f"{self.toc._owner(row)}: chunk at file offset {int(chunks.file_offset[row])} "
+            f"{self.toc._owner(row)}: chunk at file offset "
+            f"{int(chunks.file_offset[row])} "
             f"(compressed offset {int(chunks.offset[row])}, innerOffset "
             f"{int(chunks.inner_offset[row])})"
         )
@@ -377,6 +392,19 @@ class Blob:
         """The whole content of a regular file, every chunk verified."""
         with self.open(name) as f:
             return f.read()
+
+    def extract(self, target: PathLike, *, xattrs: bool = True) -> Any:
+        """Extract every entry under ``target`` (see
+        :func:`estargz._extract.extract`); returns an ``ExtractReport``."""
+        from estargz._extract import extract
+
+        return extract(self, target, xattrs=xattrs)
+
+    def unpack(self, output: Union[PathLike, BinaryIO]) -> int:
+        """Write the layer as a plain tar without the TOC; returns its size."""
+        from estargz._extract import unpack
+
+        return unpack(self, output)
 
     # -- verification ----------------------------------------------------------
 
@@ -453,26 +481,45 @@ class _StreamCheck:
                 self._check_data(tar_entry, candidates, index)
             else:
                 self.reader.read_padding()
-            link = go_text(tar_entry.linkname) if kind in ("symlink", "hardlink") else ""
-            seen = self.seen.setdefault(cleaned, collections.deque(maxlen=len(candidates)))
+            link = (
+                go_text(tar_entry.linkname) if kind in ("symlink", "hardlink") else ""
+            )
+            seen = self.seen.setdefault(
+                cleaned, collections.deque(maxlen=len(candidates))
+            )
             seen.append((index, kind, tar_entry.size if kind == "reg" else 0, link))
         for name, entries in self.by_name.items():
             seen = self.seen.get(name, collections.deque())
             if len(seen) < len(entries):
                 missing = entries[len(seen) - len(entries)]
-                raise self._fail(f"TOC entry {missing.raw_name!r} is not in the tar stream")
+                raise self._fail(
+                    f"TOC entry {missing.raw_name!r} is not in the tar stream"
+                )
             for entry, (stream_index, kind, size, link) in zip(entries, seen):
                 what = f"entry {entry.raw_name!r}"
                 if kind != entry.type:
-                    raise self._fail(f"{what} is a {kind} in the tar, a {entry.type} in the TOC")
-                if entry.type == "reg" and size != entry.size:
-                    raise self._fail(f"{what} has {size} bytes in the tar, {entry.size} in the TOC")
-                if link != (entry.link_name if entry.type in ("symlink", "hardlink") else ""):
                     raise self._fail(
-                        f"{what} links to {link!r} in the tar, {entry.link_name!r} in the TOC"
+                        f"{what} is a {kind} in the tar, a {entry.type} in the TOC"
                     )
-                if entry.type == "reg" and entry.size and self.matched.get(id(entry)) != stream_index:
-                    raise self._fail(f"{what}: the last tar entry of that name holds other data")
+                if entry.type == "reg" and size != entry.size:
+                    raise self._fail(
+                        f"{what} has {size} bytes in the tar, {entry.size} in the TOC"
+                    )
+                if link != (
+                    entry.link_name if entry.type in ("symlink", "hardlink") else ""
+                ):
+                    raise self._fail(
+                        f"{what} links to {link!r} in the tar, "
+                        f"{entry.link_name!r} in the TOC"
+                    )
+                if (
+                    entry.type == "reg"
+                    and entry.size
+                    and self.matched.get(id(entry)) != stream_index
+                ):
+                    raise self._fail(
+                        f"{what}: the last tar entry of that name holds other data"
+                    )
         order = [self._stream_index(entry) for entry in self.toc.entries]
         if order != sorted(order):
             raise self._fail("the TOC lists the entries in another order than the tar")
@@ -502,7 +549,9 @@ class _StreamCheck:
         start = self.members.starts.get(int(chunks.offset[row]))
         return None if start is None else start + int(chunks.inner_offset[row])
 
-    def _check_data(self, tar_entry: Any, candidates: list[TOCEntry], index: int) -> None:
+    def _check_data(
+        self, tar_entry: Any, candidates: list[TOCEntry], index: int
+    ) -> None:
         """Read a regular file's data; if a TOC entry of its name puts its
         first chunk exactly there, check all of that entry's chunks."""
         chunks = self.toc.chunks
@@ -512,7 +561,8 @@ class _StreamCheck:
             if (
                 candidate.type == "reg"
                 and candidate.chunk_count
-                and self._member_position(candidate.chunk_start) == tar_entry.data_offset
+                and self._member_position(candidate.chunk_start)
+                == tar_entry.data_offset
             ):
                 entry = candidate
                 break
@@ -548,7 +598,8 @@ class _StreamCheck:
             found_digest = "sha256:" + chunk_hash.hexdigest()
             if expected and expected.startswith("sha256:") and expected != found_digest:
                 raise VerificationError(
-                    f"{self.blob._chunk_place(row)}: digest {found_digest}, the TOC says {expected}"
+                    f"{self.blob._chunk_place(row)}: digest {found_digest}, "
+                    f"the TOC says {expected}"
                 )
             self.chunks_checked += 1
         self.reader.read_padding()
@@ -594,7 +645,11 @@ class EntryFile(io.RawIOBase):
         return self._position
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.entry.size}
+        base = {
+            io.SEEK_SET: 0,
+            io.SEEK_CUR: self._position,
+            io.SEEK_END: self.entry.size,
+        }
         position = base[whence] + offset
         if position < 0:
             raise ValueError("negative seek position")

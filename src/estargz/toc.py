@@ -29,7 +29,9 @@ from estargz.errors import BlobFormatError
 
 __all__ = ["TOC", "ChunkIndex", "TOCEntry"]
 
-ENTRY_TYPES = frozenset(["dir", "reg", "symlink", "hardlink", "char", "block", "fifo", "chunk"])
+ENTRY_TYPES = frozenset(
+    ["dir", "reg", "symlink", "hardlink", "char", "block", "fifo", "chunk"]
+)
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _OTHER_DIGEST = re.compile(r"(sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128})")
@@ -197,7 +199,8 @@ class ChunkIndex:
             return self.other_digests[row]
         if not self.has_digest[row]:
             return ""
-        return "sha256:" + self.digest[row].tobytes().hex()
+        raw: bytes = self.digest[row].tobytes()
+        return "sha256:" + raw.hex()
 
     def find(self, entry: TOCEntry, position: int) -> int:
         """The row of ``entry``'s chunk that holds byte ``position``."""
@@ -240,7 +243,9 @@ class _Builder:
             if value is not None and (
                 not isinstance(value, int) or isinstance(value, bool) or value < 0
             ):
-                raise self._fail(index, raw, f"{key} {value!r} is not a non-negative integer")
+                raise self._fail(
+                    index, raw, f"{key} {value!r} is not a non-negative integer"
+                )
         for key in _STR_KEYS:
             value = raw.get(key)
             if value is not None and not isinstance(value, str):
@@ -272,9 +277,13 @@ class _Builder:
         if kind == "chunk":
             owner = self.last
             if owner is None or owner.type != "reg":
-                raise self._fail(index, raw, "a chunk entry that follows no regular file")
+                raise self._fail(
+                    index, raw, "a chunk entry that follows no regular file"
+                )
             if owner.chunk_count == 0:
-                raise self._fail(index, raw, "a chunk entry for a file that is not chunked")
+                raise self._fail(
+                    index, raw, "a chunk entry for a file that is not chunked"
+                )
             chunk_offset = raw.get("chunkOffset", 0)
             size = raw.get("chunkSize", 0) or owner.size - chunk_offset
             self._digest_row(index, raw, raw.get("chunkDigest"))
@@ -300,18 +309,24 @@ class _Builder:
         if entry.digest and not (
             _SHA256.fullmatch(entry.digest) or _OTHER_DIGEST.fullmatch(entry.digest)
         ):
-            raise self._fail(index, raw, f"digest {entry.digest!r} is not a valid digest")
+            raise self._fail(
+                index, raw, f"digest {entry.digest!r} is not a valid digest"
+            )
         xattrs = raw.get("xattrs")
         if xattrs:
             if not isinstance(xattrs, dict):
                 raise self._fail(index, raw, "xattrs is not an object")
             for key, value in xattrs.items():
                 if not isinstance(value, str):
-                    raise self._fail(index, raw, f"xattr {key!r} is not a base64 string")
+                    raise self._fail(
+                        index, raw, f"xattr {key!r} is not a base64 string"
+                    )
                 try:
                     entry.xattrs[key] = b64decode(value, validate=True)
                 except ValueError as exc:
-                    raise self._fail(index, raw, f"xattr {key!r} is not base64") from exc
+                    raise self._fail(
+                        index, raw, f"xattr {key!r} is not base64"
+                    ) from exc
         # User and group names appear only when they change (section 2.3).
         user = raw.get("userName")
         if user:
@@ -325,7 +340,9 @@ class _Builder:
         if kind == "reg" and entry.size > 0:
             chunk_size = raw.get("chunkSize", 0)
             if raw.get("chunkOffset", 0):
-                raise self._fail(index, raw, "a regular file's first chunk must start at 0")
+                raise self._fail(
+                    index, raw, "a regular file's first chunk must start at 0"
+                )
             self._digest_row(index, raw, raw.get("chunkDigest"))
             entry.chunk_start = len(self.size)
             entry.chunk_count = 1
@@ -342,7 +359,9 @@ class _Builder:
         chunks.size = np.frombuffer(self.size, np.int64).copy()
         chunks.offset = np.frombuffer(self.offset, np.int64).copy()
         chunks.inner_offset = np.frombuffer(self.inner, np.int64).copy()
-        chunks.digest = np.frombuffer(bytes(self.digests), np.uint8).reshape(-1, 32).copy()
+        chunks.digest = (
+            np.frombuffer(bytes(self.digests), np.uint8).reshape(-1, 32).copy()
+        )
         chunks.has_digest = np.frombuffer(bytes(self.has_digest), np.bool_).copy()
         chunks.other_digests = self.other_digests
         return self.entries, chunks
@@ -461,7 +480,8 @@ class TOC:
                 or ends[-1] != entry.size
             ):
                 raise BlobFormatError(
-                    f"TOC: {entry.raw_name!r}: its chunks do not cover its {entry.size} "
+                    f"TOC: {entry.raw_name!r}: its chunks do not cover its "
+                    f"{entry.size} "
                     "bytes exactly once, in order"
                 )
         # Each member ends where the next one starts (or where the data ends).

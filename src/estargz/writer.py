@@ -34,10 +34,10 @@ import sys
 import tempfile
 import threading
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Optional, Union
+from typing import Any, BinaryIO, Callable, Optional, Union, cast
 
 from estargz import _native
 from estargz._format import (
@@ -56,7 +56,7 @@ from estargz._format import (
 )
 from estargz._tar import BLOCK, ByteSource, TarEntry, TarReader
 from estargz._util import AtomicOutput, PathLike, cpu_count
-from estargz.errors import ConversionError, EStargzError, InputError, NativeError
+from estargz.errors import ConversionError, InputError, NativeError
 
 __all__ = ["ConvertResult", "convert", "read_prioritized_files"]
 
@@ -178,7 +178,7 @@ class _Inflating(io.RawIOBase):
 
 @dataclass
 class _Input:
-    stream: BinaryIO
+    stream: Any  # a binary stream: a file or a BufferedReader
     kind: str  # "tar", "gzip" or "zstd"
     seekable_tar: bool
 
@@ -189,9 +189,11 @@ def _open_input(source: Source, stack: list[Any]) -> _Input:
             raw: BinaryIO = sys.stdin.buffer
         else:
             try:
-                raw = open(source, "rb", buffering=1 << 16)  # noqa: SIM115
+                raw = open(source, "rb", buffering=1 << 16)
             except OSError as exc:
-                raise InputError(f"cannot open input {os.fspath(source)!r}: {exc}") from exc
+                raise InputError(
+                    f"cannot open input {os.fspath(source)!r}: {exc}"
+                ) from exc
             stack.append(raw)
     else:
         raw = source
@@ -205,15 +207,17 @@ def _open_input(source: Source, stack: list[Any]) -> _Input:
     if head[:3] == b"\x1f\x8b\x08":
         reader: Any = _native.GzipReader(io.BufferedReader(counter, 1 << 20))
         stream = io.BufferedReader(_Inflating(reader, counter, "gzip"), 1 << 20)
-        return _Input(stream, "gzip", False)  # type: ignore[arg-type]
+        return _Input(stream, "gzip", False)
     if head == b"\x28\xb5\x2f\xfd":
         try:
             import zstandard
         except ImportError as exc:
             raise InputError("input is zstd-compressed: pip install zstandard") from exc
-        reader = zstandard.ZstdDecompressor().stream_reader(counter, read_across_frames=True)
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            cast(BinaryIO, counter), read_across_frames=True
+        )
         stream = io.BufferedReader(_Inflating(reader, counter, "zstd"), 1 << 20)
-        return _Input(stream, "zstd", False)  # type: ignore[arg-type]
+        return _Input(stream, "zstd", False)
     seekable = False
     try:
         seekable = raw.seekable() and raw.tell() == len(head)
@@ -222,7 +226,7 @@ def _open_input(source: Source, stack: list[Any]) -> _Input:
     if seekable:
         raw.seek(0)
         return _Input(raw, "tar", True)
-    return _Input(io.BufferedReader(counter, 1 << 20), "tar", False)  # type: ignore[arg-type]
+    return _Input(io.BufferedReader(counter, 1 << 20), "tar", False)
 
 
 def read_prioritized_files(path: PathLike) -> list[str]:
@@ -233,7 +237,9 @@ def read_prioritized_files(path: PathLike) -> list[str]:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
             text = f.read()
     except OSError as exc:
-        raise InputError(f"cannot read prioritized files {os.fspath(path)!r}: {exc}") from exc
+        raise InputError(
+            f"cannot read prioritized files {os.fspath(path)!r}: {exc}"
+        ) from exc
     paths: list[str] = []
     if text.lstrip().startswith("{"):
         decoder = json.JSONDecoder()
@@ -306,7 +312,9 @@ class _BlobBuilder:
     """Compresses the uncompressed stream into gzip members (see the module
     docstring) and writes them, in order, to ``out``."""
 
-    def __init__(self, out: BinaryIO, level: int, min_chunk_size: int, threads: int) -> None:
+    def __init__(
+        self, out: BinaryIO, level: int, min_chunk_size: int, threads: int
+    ) -> None:
         self.out = out
         self.level = level
         self.min_chunk_size = min_chunk_size
@@ -316,13 +324,17 @@ class _BlobBuilder:
         self.blob_size = 0
         self.uncompressed_size = 0
         self._local = threading.local()
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="estargz")
+        self._pool = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="estargz"
+        )
         # The diffID and digests that span segments are sequential: one thread
         # computes them, batch after batch, beside the compressing workers.
-        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="estargz-sha")
-        self._inflight: collections.deque[tuple[Future[tuple[bytes, bytes, bytes, bytes]], Future[None], _Batch]] = (
-            collections.deque()
+        self._hasher = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="estargz-sha"
         )
+        self._inflight: collections.deque[
+            tuple[Future[tuple[bytes, bytes, bytes, bytes]], Future[None], _Batch]
+        ] = collections.deque()
         self._header = _native.gzip_header(level)
         # Batch buffers are allocated once and reused: no growth, no copies.
         self._spare: list[bytearray] = []
@@ -417,7 +429,14 @@ class _BlobBuilder:
             batch.size += take
             done += take
             batch.hash_jobs.append(
-                (start, start + take, chunk_hash, file_hash, record if done == size else None, None)
+                (
+                    start,
+                    start + take,
+                    chunk_hash,
+                    file_hash,
+                    record if done == size else None,
+                    None,
+                )
             )
 
     def finish_file(self, record: TOCRecord, file_hash: _native.Sha256) -> None:
@@ -433,7 +452,14 @@ class _BlobBuilder:
         view = batch.view
         position = batch.begin
         diff = self.diff_hash
-        for start, end, chunk_hash, file_hash, chunk_record, file_record in batch.hash_jobs:
+        for (
+            start,
+            end,
+            chunk_hash,
+            file_hash,
+            chunk_record,
+            file_record,
+        ) in batch.hash_jobs:
             if position < start:
                 diff.update(view[position:start])
             diff.update_with(chunk_hash, view[start:end], file_hash)
@@ -488,7 +514,7 @@ class _BlobBuilder:
 
     # consumer side ----------------------------------------------------------
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: Union[bytes, bytearray]) -> None:
         self.out.write(data)
         self.blob_hash.update(data)
         self.blob_size += len(data)
@@ -607,7 +633,8 @@ class _Converter:
         if name == TOC_TAR_NAME:
             if self.lossless:
                 raise InputError(
-                    f"tar: entry {entry.display_name!r} at offset {entry.header_offset}: "
+                    f"tar: entry {entry.display_name!r} "
+                    f"at offset {entry.header_offset}: "
                     "the input already holds an eStargz TOC; keep-diff-id cannot "
                     "drop it (decompress the layer first)"
                 )
@@ -752,7 +779,8 @@ def _sorted_entries(
             if not allow_missing:
                 raise InputError(f"prioritized file {path!r} is not in the layer")
             missing.append(path)
-    return list(moved.values()) + [(None, {})] + list(stream.values()), missing  # type: ignore[list-item]
+    landmark: list[tuple[Any, dict[bytes, bytes]]] = [(None, {})]
+    return [*moved.values(), *landmark, *stream.values()], missing
 
 
 def _write_toc(
@@ -852,12 +880,16 @@ def convert(
         raise ConversionError(f"chunk size must not be negative, got {chunk_size}")
     chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
     if min_chunk_size < 0:
-        raise ConversionError(f"min chunk size must not be negative, got {min_chunk_size}")
+        raise ConversionError(
+            f"min chunk size must not be negative, got {min_chunk_size}"
+        )
     prioritized = list(prioritized_files or [])
     if keep_diff_id and external_toc is None:
         raise ConversionError("keep-diff-id needs an external TOC (--external-toc)")
     if keep_diff_id and prioritized:
-        raise ConversionError("keep-diff-id cannot reorder files: drop the prioritized files")
+        raise ConversionError(
+            "keep-diff-id cannot reorder files: drop the prioritized files"
+        )
     threads = threads or cpu_count()
     if threads < 1:
         raise ConversionError(f"threads must be at least 1, got {threads}")
@@ -934,7 +966,7 @@ def _convert(
                     break
                 spool.write(block)
             spool.seek(0)
-            stream = spool  # type: ignore[assignment]
+            stream = spool
         order, missing = _sorted_entries(_scan(stream), prioritized, allow_missing)
         if missing:
             log.warning("prioritized files not in the layer: %s", ", ".join(missing))

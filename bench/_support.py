@@ -6,7 +6,6 @@ import glob
 import io
 import json
 import os
-import shutil
 import subprocess
 import sysconfig
 import tempfile
@@ -125,32 +124,36 @@ def run_ceiling(
     return result
 
 
+def _spawn_binary() -> Path:
+    binary = BUILD / "bench" / "spawn"
+    source = REPO / "bench" / "spawn.c"
+    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["gcc", "-O2", "-o", str(binary), str(source)], check=True)
+    return binary
+
+
 def run_measured(command: Sequence[str]) -> tuple[float, int, str]:
     """Run ``command``; return its wall seconds, peak RSS in KiB and stdout.
 
-    The child is started with ``posix_spawn`` (no copy of this large process
-    is ever counted as the child's memory) and reaped with ``wait4``, so its
-    own peak RSS is read, not the largest of every child so far.
+    The command runs under ``bench/spawn.c``, a tiny launcher that reports
+    the child's own peak RSS (a child forked straight from this large
+    process would count this process's memory as its own).
     """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        actions = [
-            (os.POSIX_SPAWN_DUP2, out.fileno(), 1),
-            (os.POSIX_SPAWN_DUP2, err.fileno(), 2),
-        ]
-        program = shutil.which(command[0]) or command[0]
+    with tempfile.TemporaryDirectory(prefix="estargz-run-") as tmp:
+        report = Path(tmp) / "rusage"
         start = time.perf_counter()
-        pid = os.posix_spawn(program, list(command), os.environ, file_actions=actions)
-        _, status, usage = os.wait4(pid, 0)
+        result = subprocess.run(
+            [str(_spawn_binary()), str(report), *command], capture_output=True
+        )
         seconds = time.perf_counter() - start
-        code = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        if code:
+        if result.returncode:
             raise RuntimeError(
-                f"{command[0]} failed ({code}): "
-                + err.read().decode(errors="replace")[-2000:]
+                f"{command[0]} failed ({result.returncode}): "
+                + result.stderr.decode(errors="replace")[-2000:]
             )
-        return seconds, int(usage.ru_maxrss), out.read().decode()
+        peak = int(report.read_text().split()[0])
+        return seconds, peak, result.stdout.decode()
 
 
 def member_contents(blob: Path) -> list[bytes]:

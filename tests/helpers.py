@@ -124,3 +124,103 @@ def members(blob: bytes, end: Optional[int] = None) -> list[tuple[int, bytes]]:
             found.append((start, bytes(current)))
             current = bytearray()
     return found
+
+
+def make_oci_image(
+    root: Path,
+    layers: list[bytes],
+    *,
+    tag: str = "latest",
+    platforms: tuple[str, ...] = ("linux/amd64",),
+    docker_types: bool = False,
+    compress: bool = True,
+) -> None:
+    """An image layout at ``root`` with ``layers`` (uncompressed tars), for
+    one platform (a manifest) or several (an index)."""
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+    (root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+
+    def put(data: bytes) -> str:
+        digest = sha256(data)
+        (blobs / digest[7:]).write_bytes(data)
+        return digest
+
+    layer_type = (
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        if docker_types
+        else "application/vnd.oci.image.layer.v1.tar+gzip"
+    )
+    if not compress:
+        layer_type = layer_type.replace("+gzip", "").replace(".gzip", "")
+    descriptors = []
+    for layer in layers:
+        blob = gzip.compress(layer, mtime=0) if compress else layer
+        descriptors.append(
+            {"mediaType": layer_type, "digest": put(blob), "size": len(blob)}
+        )
+    diff_ids = [sha256(layer) for layer in layers]
+    manifests = []
+    for platform_name in platforms:
+        os_name, arch = platform_name.split("/")[:2]
+        config = json.dumps(
+            {
+                "architecture": arch,
+                "os": os_name,
+                "config": {"Env": ["PATH=/usr/bin"]},
+                "rootfs": {"type": "layers", "diff_ids": diff_ids},
+                "history": [{"created_by": f"layer {i}"} for i in range(len(layers))],
+            }
+        ).encode()
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": (
+                "application/vnd.docker.distribution.manifest.v2+json"
+                if docker_types
+                else "application/vnd.oci.image.manifest.v1+json"
+            ),
+            "config": {
+                "mediaType": (
+                    "application/vnd.docker.container.image.v1+json"
+                    if docker_types
+                    else "application/vnd.oci.image.config.v1+json"
+                ),
+                "digest": put(config),
+                "size": len(config),
+            },
+            "layers": descriptors,
+        }
+        data = json.dumps(manifest).encode()
+        manifests.append(
+            {
+                "mediaType": manifest["mediaType"],
+                "digest": put(data),
+                "size": len(data),
+                "platform": {"os": os_name, "architecture": arch},
+            }
+        )
+    if len(platforms) == 1:
+        top = manifests[0]
+        top.pop("platform")
+    else:
+        index = {
+            "schemaVersion": 2,
+            "mediaType": (
+                "application/vnd.docker.distribution.manifest.list.v2+json"
+                if docker_types
+                else "application/vnd.oci.image.index.v1+json"
+            ),
+            "manifests": manifests,
+        }
+        data = json.dumps(index).encode()
+        top = {"mediaType": index["mediaType"], "digest": put(data), "size": len(data)}
+    top["annotations"] = {"org.opencontainers.image.ref.name": tag}
+    (root / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": [top],
+            }
+        )
+    )

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up estargz on a fresh Debian 12 machine and run its main job on a real
-# default input: convert a real layer (this machine's Python standard
-# library as a tar) to eStargz, then read it back and verify all of it.
+# default input: build a real two-layer image (this machine's Python standard
+# library and site-packages), convert it with an external TOC, verify it.
+# Arguments, if any, go to "estargz image convert SRC DST [options]".
 set -euo pipefail
 source "$(dirname "$0")/_common.sh"
 cd "$REPO"

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from estargz.errors import EStargzError
 
@@ -313,6 +313,72 @@ def _cmd_unpack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_image_convert(args: argparse.Namespace) -> int:
+    from estargz.image import convert_image
+
+    paths, allow = _prioritized(args)
+    credentials = None
+    if args.creds:
+        user, sep, password = args.creds.partition(":")
+        if not sep:
+            raise EStargzErrorForCLI("--creds wants USER:PASS")
+        credentials = (user, password)
+    progress = _ImageProgress() if sys.stderr.isatty() and not args.quiet else None
+    report = convert_image(
+        args.source,
+        args.destination,
+        compression_level=args.compression_level,
+        chunk_size=args.chunk_size,
+        min_chunk_size=args.min_chunk_size,
+        prioritized_files=paths,
+        allow_missing_prioritized=allow,
+        external_toc=args.external_toc,
+        keep_diff_id=args.keep_diff_id,
+        oci=args.oci,
+        platforms=args.platform,
+        all_platforms=args.all_platforms,
+        threads=args.threads,
+        plain_http=args.plain_http,
+        credentials=credentials,
+        progress=progress,
+    )
+    if progress is not None:
+        progress.finish()
+    if args.json:
+        print(json.dumps(report.to_json()))
+        return 0
+    converted = sum(1 for layer in report.layers if layer.action == "converted")
+    print(
+        f"{report.destination}: {report.digest} "
+        f"({converted} layers converted, {report.seconds:.1f} s)"
+    )
+    if report.toc_image:
+        print(f"{report.toc_image}: {report.toc_image_digest}")
+    return 0
+
+
+class _ImageProgress:
+    """One status line on standard error, redrawn as layers move on."""
+
+    def __init__(self) -> None:
+        self.started: set[str] = set()
+        self.done: set[str] = set()
+
+    def __call__(self, event: dict[str, object]) -> None:
+        digest = str(event.get("digest", ""))
+        if event.get("state") == "converting":
+            self.started.add(digest)
+        else:
+            self.done.add(digest)
+        working = len(self.started - self.done)
+        sys.stderr.write(f"\r\033[Klayers: {len(self.done)} done, {working} converting")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="estargz",
@@ -387,7 +453,54 @@ def build_parser() -> argparse.ArgumentParser:
     unpack.add_argument(
         "output", metavar="OUT", help="the tar, or - for standard output"
     )
+    _add_image_commands(commands)
     return parser
+
+
+def _add_image_commands(commands: Any) -> None:
+    image = commands.add_parser("image", help="convert whole images")
+    image_commands = image.add_subparsers(dest="image_command", metavar="COMMAND")
+    image_convert = image_commands.add_parser(
+        "convert",
+        help="convert an image to eStargz",
+        description="Convert an image to eStargz.  Addresses: oci:DIR[:REF], "
+        "docker-archive:FILE[:NAME:TAG] (source only), "
+        "docker://HOST[:PORT]/REPO[:TAG].",
+    )
+    image_convert.add_argument("source", metavar="SRC")
+    image_convert.add_argument("destination", metavar="DST")
+    _add_layer_options(image_convert)
+    image_convert.add_argument(
+        "--external-toc",
+        "--estargz-external-toc",
+        action="store_true",
+        help="keep TOCs out of the layers, in a TOC image named DST's tag + -esgztoc",
+    )
+    image_convert.add_argument(
+        "--oci", action="store_true", help="turn Docker media types into OCI ones"
+    )
+    image_convert.add_argument(
+        "--platform",
+        action="append",
+        metavar="OS/ARCH[/VARIANT]",
+        help="platform to convert from a multi-platform image (repeatable; "
+        "default: this machine's)",
+    )
+    image_convert.add_argument(
+        "--all-platforms", action="store_true", help="convert every platform"
+    )
+    image_convert.add_argument(
+        "--plain-http", action="store_true", help="talk to registries over http://"
+    )
+    image_convert.add_argument(
+        "--creds",
+        metavar="USER:PASS",
+        help="registry credentials (default: docker config)",
+    )
+    image_convert.add_argument(
+        "--json", action="store_true", help="print one JSON report"
+    )
+    image_convert.set_defaults(func=_cmd_image_convert)
 
 
 def _bound_malloc() -> None:

@@ -220,8 +220,10 @@ def _open_input(source: Source, stack: list[Any]) -> _Input:
         return _Input(stream, "zstd", False)
     seekable = False
     try:
-        seekable = raw.seekable() and raw.tell() == len(head)
-    except (OSError, ValueError):
+        seekable = bool(
+            getattr(raw, "seekable", lambda: False)()
+        ) and raw.tell() == len(head)
+    except (OSError, ValueError, AttributeError):
         seekable = False
     if seekable:
         raw.seek(0)
@@ -313,7 +315,12 @@ class _BlobBuilder:
     docstring) and writes them, in order, to ``out``."""
 
     def __init__(
-        self, out: BinaryIO, level: int, min_chunk_size: int, threads: int
+        self,
+        out: BinaryIO,
+        level: int,
+        min_chunk_size: int,
+        threads: int,
+        executor: Optional[ThreadPoolExecutor] = None,
     ) -> None:
         self.out = out
         self.level = level
@@ -324,7 +331,10 @@ class _BlobBuilder:
         self.blob_size = 0
         self.uncompressed_size = 0
         self._local = threading.local()
-        self._pool = ThreadPoolExecutor(
+        # Compression workers; conversions running side by side may share one
+        # pool (an image's layers), which keeps every thread of the budget busy.
+        self._own_pool = executor is None
+        self._pool = executor or ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="estargz"
         )
         # The diffID and digests that span segments are sequential: one thread
@@ -574,7 +584,12 @@ class _BlobBuilder:
         for job, hashing, _ in self._inflight:
             job.cancel()
             hashing.cancel()
-        self._pool.shutdown(wait=True)
+        if self._own_pool:
+            self._pool.shutdown(wait=True)
+        else:
+            for job, _, _ in self._inflight:
+                if not job.cancelled():
+                    job.exception()
         self._hasher.shutdown(wait=True)
 
     def write_raw(self, data: bytes) -> None:
@@ -849,6 +864,7 @@ def convert(
     external_toc: Optional[Union[PathLike, BinaryIO]] = None,
     keep_diff_id: bool = False,
     threads: Optional[int] = None,
+    executor: Optional[ThreadPoolExecutor] = None,
 ) -> ConvertResult:
     """Convert a layer into an eStargz blob.
 
@@ -870,6 +886,9 @@ def convert(
         for byte, so the layer's diffID does not change (needs
         ``external_toc``; no prioritized files)
     :param threads: compression threads (default: all CPUs)
+    :param executor: compress on this thread pool instead of one of our own
+        (several conversions at once may share one; ``threads`` then only
+        sets how much work each keeps queued)
     :raises InputError: the layer is malformed or holds what cannot be
         converted; the message names the entry and the byte offset
     :raises ConversionError: the options do not fit together
@@ -924,6 +943,7 @@ def convert(
             external=external_toc is not None,
             lossless=keep_diff_id,
             threads=threads,
+            executor=executor,
         )
         for target in outputs:
             target.commit()
@@ -949,9 +969,10 @@ def _convert(
     external: bool,
     lossless: bool,
     threads: int,
+    executor: Optional[ThreadPoolExecutor],
 ) -> ConvertResult:
     opened = _open_input(source, stack)
-    builder = _BlobBuilder(out, level, min_chunk_size, threads)
+    builder = _BlobBuilder(out, level, min_chunk_size, threads, executor)
     stack.append(builder)
     converter = _Converter(builder, chunk_size, lossless)
 

@@ -1,0 +1,1114 @@
+"""Convert whole images to eStargz: OCI layouts, docker archives, registries.
+
+Images are addressed as skopeo addresses them:
+
+* ``oci:DIR[:REF]``: an OCI image layout (REF is a ``ref.name`` annotation);
+* ``docker-archive:FILE[:NAME:TAG|:@N]``: what ``docker save`` writes (source only);
+* ``docker://HOST[:PORT]/REPO[:TAG|@DIGEST]``: a registry.
+
+Every layer of the chosen platforms is converted (concurrently, within one
+thread budget; a layer used twice converts once); its descriptor gets the
+``containerd.io/snapshot/stargz/toc.digest`` and
+``io.containers.estargz.uncompressed-size`` annotations, the config's
+``rootfs.diff_ids`` follow the new layers, and other blobs are copied as
+they are.  With an external TOC, the TOC image (DST's tag plus
+``-esgztoc``) is written next to the image, as ``ctr-remote`` does.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import platform as host_platform
+import shutil
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Optional, Union
+
+from estargz import _native
+from estargz._registry import (
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    RegistryClient,
+)
+from estargz._util import cpu_count
+from estargz.errors import ConversionError, EStargzError, InputError
+from estargz.writer import ConvertResult, convert
+
+__all__ = [
+    "ImageReference",
+    "ImageReport",
+    "LayerReport",
+    "convert_image",
+    "parse_reference",
+]
+
+log = logging.getLogger(__name__)
+
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+# Layers converted to eStargz; anything else (foreign or non-distributable
+# layers, artifacts) is copied unchanged.
+CONVERTIBLE = {
+    OCI_LAYER: "oci",
+    OCI_LAYER_GZIP: "oci",
+    OCI_LAYER_ZSTD: "oci",
+    DOCKER_LAYER: "docker",
+    DOCKER_LAYER_GZIP: "docker",
+}
+TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
+UNCOMPRESSED_SIZE = "io.containers.estargz.uncompressed-size"
+LAYER_DIGEST = "containerd.io/snapshot/stargz/layer.digest"
+REF_NAME = "org.opencontainers.image.ref.name"
+TOC_IMAGE_SUFFIX = "-esgztoc"
+EMPTY_CONFIG = b"{}"
+
+
+# -- references ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageReference:
+    """Where an image is: a transport and its address."""
+
+    transport: str  # "oci", "docker-archive" or "docker"
+    path: str = ""  # layout directory or archive file
+    name: Optional[str] = None  # layout ref name, or archive NAME:TAG / @N
+    host: str = ""
+    repository: str = ""
+    tag: Optional[str] = None
+    digest: Optional[str] = None
+
+    def __str__(self) -> str:
+        if self.transport == "docker":
+            suffix = f"@{self.digest}" if self.digest else f":{self.tag or 'latest'}"
+            return f"docker://{self.host}/{self.repository}{suffix}"
+        return f"{self.transport}:{self.path}" + (f":{self.name}" if self.name else "")
+
+    def toc_image(self) -> ImageReference:
+        """Where the TOC image of this image goes (``ctr-remote``'s rule)."""
+        if self.transport == "docker":
+            if self.digest and not self.tag:
+                raise ConversionError(
+                    f"{self}: an external TOC needs a tag to name its TOC image after"
+                )
+            return ImageReference(
+                "docker",
+                host=self.host,
+                repository=self.repository,
+                tag=(self.tag or "latest") + TOC_IMAGE_SUFFIX,
+            )
+        if self.transport == "oci":
+            return ImageReference(
+                "oci", path=self.path, name=(self.name or "latest") + TOC_IMAGE_SUFFIX
+            )
+        raise ConversionError(f"{self}: cannot hold a TOC image")
+
+
+def parse_reference(text: str) -> ImageReference:
+    """Parse ``oci:DIR[:REF]``, ``docker-archive:FILE[:REF]`` or
+    ``docker://HOST[:PORT]/REPO[:TAG|@DIGEST]``."""
+    if text.startswith("docker://"):
+        return _docker_reference(text, text[len("docker://") :])
+    for transport in ("oci", "docker-archive"):
+        if text.startswith(transport + ":"):
+            rest = text[len(transport) + 1 :]
+            path, _, name = rest.partition(":")
+            if not path:
+                raise ConversionError(f"{text!r}: no path")
+            return ImageReference(transport, path=path, name=name or None)
+    raise ConversionError(
+        f"{text!r}: not an image address (oci:DIR[:REF], docker-archive:FILE[:REF] or "
+        "docker://HOST/REPO[:TAG])"
+    )
+
+
+def _docker_reference(text: str, rest: str) -> ImageReference:
+    digest = None
+    if "@" in rest:
+        rest, digest = rest.split("@", 1)
+        if not digest.startswith("sha256:") or len(digest) != 71:
+            raise ConversionError(f"{text!r}: {digest!r} is not a sha256 digest")
+    tag = None
+    last = rest.rsplit("/", 1)[-1]
+    if ":" in last:
+        rest, tag = rest.rsplit(":", 1)
+    first, _, remainder = rest.partition("/")
+    if remainder and ("." in first or ":" in first or first == "localhost"):
+        host, repository = first, remainder
+    else:
+        host, repository = "docker.io", rest
+        if "/" not in repository:
+            repository = "library/" + repository
+    if not repository or repository != repository.lower():
+        raise ConversionError(
+            f"{text!r}: {repository!r} is not a valid repository name"
+        )
+    return ImageReference(
+        "docker", host=host, repository=repository, tag=tag, digest=digest
+    )
+
+
+# -- stores ----------------------------------------------------------------------
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + _native.Sha256(data).hexdigest()
+
+
+def _media_type_of(data: bytes, default: str) -> str:
+    try:
+        value = json.loads(data).get("mediaType")
+    except (ValueError, AttributeError):
+        return default
+    return value if isinstance(value, str) else default
+
+
+class _Store:
+    """Where blobs and manifests of an image are read or written."""
+
+    reference: ImageReference
+
+    def resolve(self) -> tuple[bytes, str, str]:
+        """The image's manifest or index: ``(bytes, media type, digest)``."""
+        raise NotImplementedError
+
+    def manifest(self, digest: str, media_type: str) -> bytes:
+        raise NotImplementedError
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        raise NotImplementedError
+
+    def read_blob(self, digest: str) -> bytes:
+        with self.open_blob(digest) as f:
+            return f.read()
+
+    def has_blob(self, digest: str) -> bool:
+        raise ConversionError(f"{self.reference}: cannot be written to")
+
+    def put_blob(self, path: Path, digest: str, size: int) -> None:
+        raise ConversionError(f"{self.reference}: cannot be written to")
+
+    def copy_blob(self, source: _Store, digest: str, size: int, work: Path) -> str:
+        """Copy a blob from ``source``; returns what was done."""
+        if self.has_blob(digest):
+            return "present"
+        spool = work / f"copy-{digest[7:]}"
+        with source.open_blob(digest) as f, spool.open("wb") as out:
+            shutil.copyfileobj(f, out, 1 << 20)
+        try:
+            self.put_blob(spool, digest, size)
+        finally:
+            spool.unlink(missing_ok=True)
+        return "copied"
+
+    def put_manifest(self, data: bytes, media_type: str, tag: Optional[str]) -> str:
+        raise ConversionError(f"{self.reference}: cannot be written to")
+
+    def close(self) -> None:
+        pass
+
+
+class OCILayout(_Store):
+    """An OCI image layout directory."""
+
+    def __init__(self, reference: ImageReference, create: bool = False) -> None:
+        self.reference = reference
+        self.root = Path(reference.path)
+        self._lock = threading.Lock()
+        if create:
+            (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+            layout = self.root / "oci-layout"
+            if not layout.exists():
+                layout.write_text('{"imageLayoutVersion":"1.0.0"}')
+            if not (self.root / "index.json").exists():
+                self._write_index(
+                    {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+                )
+        elif not (self.root / "index.json").is_file():
+            raise InputError(f"{reference}: not an OCI layout (no index.json)")
+
+    def _index(self) -> dict[str, Any]:
+        try:
+            index: dict[str, Any] = json.loads((self.root / "index.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{self.reference}: bad index.json: {exc}") from exc
+        return index
+
+    def _write_index(self, index: dict[str, Any]) -> None:
+        path = self.root / "index.json"
+        partial = path.with_suffix(".json.part")
+        partial.write_text(json.dumps(index, separators=(",", ":")))
+        os.replace(partial, path)
+
+    def _blob_path(self, digest: str) -> Path:
+        algorithm, _, hex_digest = digest.partition(":")
+        if algorithm not in ("sha256", "sha512") or not hex_digest.isalnum():
+            raise InputError(f"{self.reference}: {digest!r} is not a digest")
+        return self.root / "blobs" / algorithm / hex_digest
+
+    def resolve(self) -> tuple[bytes, str, str]:
+        manifests = self._index().get("manifests") or []
+        name = self.reference.name
+        if name:
+            found = [
+                m
+                for m in manifests
+                if (m.get("annotations") or {}).get(REF_NAME) == name
+            ]
+        else:
+            found = manifests if len(manifests) == 1 else []
+        if len(found) != 1:
+            names = sorted(
+                str((m.get("annotations") or {}).get(REF_NAME)) for m in manifests
+            )
+            what = f"no image named {name!r}" if name else f"{len(manifests)} images"
+            raise InputError(
+                f"{self.reference}: {what}; it holds {', '.join(names) or 'none'}"
+            )
+        descriptor = found[0]
+        data = self.read_blob(descriptor["digest"])
+        return (
+            data,
+            descriptor.get("mediaType") or _media_type_of(data, OCI_MANIFEST),
+            descriptor["digest"],
+        )
+
+    def manifest(self, digest: str, media_type: str) -> bytes:
+        return self.read_blob(digest)
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        try:
+            return self._blob_path(digest).open("rb")
+        except OSError as exc:
+            raise InputError(
+                f"{self.reference}: blob {digest} is missing: {exc}"
+            ) from exc
+
+    def has_blob(self, digest: str) -> bool:
+        return self._blob_path(digest).exists()
+
+    def put_blob(self, path: Path, digest: str, size: int) -> None:
+        target = self._blob_path(digest)
+        if target.exists():
+            return
+        partial = target.with_name(target.name + ".part")
+        shutil.copyfile(path, partial)
+        os.replace(partial, target)
+
+    def put_manifest(self, data: bytes, media_type: str, tag: Optional[str]) -> str:
+        digest = _sha256(data)
+        target = self._blob_path(digest)
+        if not target.exists():
+            partial = target.with_name(target.name + ".part")
+            partial.write_bytes(data)
+            os.replace(partial, target)
+        if tag is not None:
+            with self._lock:
+                index = self._index()
+                manifests = [
+                    m
+                    for m in index.get("manifests") or []
+                    if (m.get("annotations") or {}).get(REF_NAME) != tag
+                ]
+                manifests.append(
+                    {
+                        "mediaType": media_type,
+                        "digest": digest,
+                        "size": len(data),
+                        "annotations": {REF_NAME: tag},
+                    }
+                )
+                index["manifests"] = manifests
+                self._write_index(index)
+        return digest
+
+
+class _Slice:
+    """A read-only window of a file: one member of a docker archive."""
+
+    def __init__(self, path: str, offset: int, size: int) -> None:
+        self._file = open(path, "rb")
+        self._file.seek(offset)
+        self._left = size
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0 or size > self._left:
+            size = self._left
+        data = self._file.read(size)
+        self._left -= len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")[: self._left]
+        n = self._file.readinto(view)
+        self._left -= n
+        return n
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> _Slice:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class DockerArchive(_Store):
+    """A ``docker save`` archive, read in place (source only)."""
+
+    def __init__(self, reference: ImageReference) -> None:
+        self.reference = reference
+        self.path = reference.path
+        try:
+            with tarfile.open(self.path, "r:") as archive:
+                self._members = {
+                    m.name.lstrip("./"): (m.offset_data, m.size)
+                    for m in archive
+                    if m.isfile()
+                }
+        except (OSError, tarfile.TarError) as exc:
+            raise InputError(f"{reference}: not a docker archive: {exc}") from exc
+        try:
+            entries = json.loads(self._read_member("manifest.json"))
+        except (KeyError, ValueError) as exc:
+            raise InputError(f"{reference}: no readable manifest.json") from exc
+        self._entry = self._choose(entries)
+        self._blobs: dict[str, str] = {}
+
+    def _read_member(self, name: str) -> bytes:
+        offset, size = self._members[name]
+        with _Slice(self.path, offset, size) as f:
+            return f.read()
+
+    def _choose(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        name = self.reference.name
+        if name and name.startswith("@"):
+            try:
+                return entries[int(name[1:])]
+            except (ValueError, IndexError) as exc:
+                raise InputError(f"{self.reference}: no image {name}") from exc
+        if name:
+            wanted = {name, f"docker.io/{name}", f"docker.io/library/{name}"}
+            for entry in entries:
+                if wanted & set(entry.get("RepoTags") or []):
+                    return entry
+            raise InputError(f"{self.reference}: no image tagged {name!r}")
+        if len(entries) != 1:
+            raise InputError(
+                f"{self.reference}: holds {len(entries)} images; name one "
+                "(docker-archive:FILE:NAME:TAG or :@N)"
+            )
+        return entries[0]
+
+    def resolve(self) -> tuple[bytes, str, str]:
+        config_name = self._entry["Config"]
+        config = self._read_member(config_name)
+        config_digest = _sha256(config)
+        self._blobs[config_digest] = config_name
+        diff_ids = json.loads(config).get("rootfs", {}).get("diff_ids") or []
+        layers = []
+        for i, layer_name in enumerate(self._entry.get("Layers") or []):
+            offset, size = self._members[layer_name]
+            with _Slice(self.path, offset, min(size, 4)) as f:
+                head = f.read(4)
+            compressed = head[:2] == b"\x1f\x8b" or head == b"\x28\xb5\x2f\xfd"
+            if layer_name.startswith("blobs/sha256/"):
+                digest = "sha256:" + layer_name.rsplit("/", 1)[1]
+            elif not compressed and i < len(diff_ids):
+                digest = diff_ids[i]  # checked against the bytes as they are read
+            else:
+                hasher = _native.Sha256()
+                with _Slice(self.path, offset, size) as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        hasher.update(block)
+                digest = "sha256:" + hasher.hexdigest()
+            self._blobs[digest] = layer_name
+            layers.append(
+                {
+                    "mediaType": DOCKER_LAYER_GZIP if compressed else DOCKER_LAYER,
+                    "size": size,
+                    "digest": digest,
+                }
+            )
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": {
+                "mediaType": DOCKER_CONFIG,
+                "size": len(config),
+                "digest": config_digest,
+            },
+            "layers": layers,
+        }
+        data = json.dumps(manifest, separators=(",", ":")).encode()
+        return data, DOCKER_MANIFEST, _sha256(data)
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        name = self._blobs.get(digest)
+        if name is None:
+            raise InputError(f"{self.reference}: no blob {digest}")
+        offset, size = self._members[name]
+        return _Checked(
+            _Slice(self.path, offset, size), digest, f"{self.reference}: {name}"
+        )  # type: ignore[return-value]
+
+
+class _Checked:
+    """Passes reads through and checks the digest at the end."""
+
+    def __init__(self, inner: Any, digest: str, where: str) -> None:
+        self._inner = inner
+        self._digest = digest
+        self._where = where
+        self._hash = _native.Sha256()
+
+    def _check(self) -> None:
+        found = "sha256:" + self._hash.hexdigest()
+        if found != self._digest:
+            raise InputError(
+                f"{self._where}: its digest is {found}, not {self._digest}"
+            )
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self._inner.read(size)
+        if data:
+            self._hash.update(data)
+        elif size != 0:
+            self._check()
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n: int = self._inner.readinto(view)
+        if n:
+            self._hash.update(view[:n])
+        elif len(view):
+            self._check()
+        return n
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def __enter__(self) -> _Checked:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Registry(_Store):
+    """A repository of a registry."""
+
+    def __init__(self, reference: ImageReference, client: RegistryClient) -> None:
+        self.reference = reference
+        self.client = client
+        self.repository = reference.repository
+
+    def resolve(self) -> tuple[bytes, str, str]:
+        target = self.reference.digest or self.reference.tag or "latest"
+        return self.client.get_manifest(self.repository, target)
+
+    def manifest(self, digest: str, media_type: str) -> bytes:
+        data, _, _ = self.client.get_manifest(self.repository, digest)
+        return data
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        return self.client.open_blob(self.repository, digest)  # type: ignore[return-value]
+
+    def has_blob(self, digest: str) -> bool:
+        return self.client.blob_size(self.repository, digest) is not None
+
+    def put_blob(self, path: Path, digest: str, size: int) -> None:
+        if self.has_blob(digest):
+            return
+        with path.open("rb") as f:
+            self.client.upload(self.repository, f, digest, size)
+
+    def copy_blob(self, source: _Store, digest: str, size: int, work: Path) -> str:
+        if self.has_blob(digest):
+            return "present"
+        if (
+            isinstance(source, Registry)
+            and source.client.host == self.client.host
+            and source.repository != self.repository
+            and self.client.mount(self.repository, digest, source.repository)
+        ):
+            return "mounted"
+        return super().copy_blob(source, digest, size, work)
+
+    def put_manifest(self, data: bytes, media_type: str, tag: Optional[str]) -> str:
+        return self.client.put_manifest(
+            self.repository, tag or _sha256(data), data, media_type
+        )
+
+
+def _open_store(
+    reference: ImageReference,
+    write: bool,
+    clients: dict[str, RegistryClient],
+    plain_http: bool,
+    credentials: Optional[tuple[str, str]],
+) -> _Store:
+    if reference.transport == "oci":
+        return OCILayout(reference, create=write)
+    if reference.transport == "docker-archive":
+        if write:
+            raise ConversionError(
+                "docker-archive: can only be a source; write oci: or docker://"
+            )
+        return DockerArchive(reference)
+    client = clients.get(reference.host)
+    if client is None:
+        client = clients[reference.host] = RegistryClient(
+            reference.host, plain_http=plain_http, credentials=credentials
+        )
+    return Registry(reference, client)
+
+
+# -- platforms -------------------------------------------------------------------
+
+
+def host_platform_name() -> str:
+    machine = host_platform.machine().lower()
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(
+        machine, machine
+    )
+    return f"linux/{arch}"
+
+
+def _platform_matches(wanted: str, descriptor: dict[str, Any]) -> bool:
+    platform = descriptor.get("platform") or {}
+    parts = wanted.split("/")
+    if len(parts) < 2:
+        raise ConversionError(f"platform {wanted!r} is not OS/ARCH[/VARIANT]")
+    if platform.get("os") != parts[0] or platform.get("architecture") != parts[1]:
+        return False
+    return len(parts) < 3 or platform.get("variant", "") == parts[2]
+
+
+# -- reports ---------------------------------------------------------------------
+
+
+@dataclass
+class LayerReport:
+    """What happened to one layer."""
+
+    source_digest: str
+    digest: str
+    size: int
+    action: str  # "converted", "reused" (same layer seen before), "copied", ...
+    toc_digest: Optional[str] = None
+    diff_id: Optional[str] = None
+    uncompressed_size: Optional[int] = None
+    seconds: float = 0.0
+    toc_blob_digest: Optional[str] = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sourceDigest": self.source_digest,
+            "digest": self.digest,
+            "size": self.size,
+            "action": self.action,
+            "tocDigest": self.toc_digest,
+            "diffID": self.diff_id,
+            "uncompressedSize": self.uncompressed_size,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class ImageReport:
+    """What :func:`convert_image` produced."""
+
+    source: str
+    source_digest: str
+    destination: str
+    digest: str
+    media_type: str
+    layers: list[LayerReport] = field(default_factory=list)
+    toc_image: Optional[str] = None
+    toc_image_digest: Optional[str] = None
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        report: dict[str, Any] = {
+            "source": {"reference": self.source, "digest": self.source_digest},
+            "destination": {
+                "reference": self.destination,
+                "digest": self.digest,
+                "mediaType": self.media_type,
+            },
+            "layers": [layer.to_json() for layer in self.layers],
+            "seconds": round(self.seconds, 3),
+        }
+        if self.toc_image:
+            report["tocImage"] = {
+                "reference": self.toc_image,
+                "digest": self.toc_image_digest,
+            }
+        return report
+
+
+# -- conversion --------------------------------------------------------------------
+
+
+@dataclass
+class _Options:
+    compression_level: int
+    chunk_size: int
+    min_chunk_size: int
+    prioritized_files: list[str]
+    allow_missing_prioritized: bool
+    external_toc: bool
+    keep_diff_id: bool
+    oci: bool
+    threads: int
+    jobs: int
+
+
+class _Converter:
+    def __init__(
+        self,
+        source: _Store,
+        destination: _Store,
+        options: _Options,
+        work: Path,
+        progress: Optional[Callable[[dict[str, Any]], None]],
+    ) -> None:
+        self.source = source
+        self.destination = destination
+        self.options = options
+        self.work = work
+        self.progress = progress
+        self._layers: dict[str, LayerReport] = {}
+        self._lock = threading.Lock()
+        self.reports: list[LayerReport] = []
+        self.toc_blobs: dict[
+            str, tuple[str, int, Path]
+        ] = {}  # layer digest -> toc blob
+        # One pool of compression threads shared by every layer in flight.
+        self.pool: Optional[ThreadPoolExecutor] = None
+
+    def _event(self, **event: Any) -> None:
+        if self.progress is not None:
+            self.progress(event)
+
+    # -- layers --
+
+    def convert_layer(self, descriptor: dict[str, Any], family: str) -> LayerReport:
+        digest = descriptor["digest"]
+        options = self.options
+        started = time.perf_counter()
+        self._event(
+            kind="layer",
+            digest=digest,
+            state="converting",
+            size=descriptor.get("size", 0),
+        )
+        blob = self.work / f"layer-{digest[7:]}.esgz"
+        toc = (
+            self.work / f"layer-{digest[7:]}.toc.tar.gz"
+            if options.external_toc
+            else None
+        )
+        try:
+            with self.source.open_blob(digest) as stream:
+                result: ConvertResult = convert(
+                    stream,
+                    blob,
+                    compression_level=options.compression_level,
+                    chunk_size=options.chunk_size,
+                    min_chunk_size=options.min_chunk_size,
+                    prioritized_files=options.prioritized_files,
+                    allow_missing_prioritized=options.allow_missing_prioritized,
+                    external_toc=toc,
+                    keep_diff_id=options.keep_diff_id,
+                    threads=options.threads,
+                    executor=self.pool,
+                )
+        except EStargzError as exc:
+            raise type(exc)(f"layer {digest}: {exc}") from exc
+        self.destination.put_blob(blob, result.blob_digest, result.blob_size)
+        blob.unlink()
+        report = LayerReport(
+            source_digest=digest,
+            digest=result.blob_digest,
+            size=result.blob_size,
+            action="converted",
+            toc_digest=result.toc_digest,
+            diff_id=result.diff_id,
+            uncompressed_size=result.uncompressed_size,
+            seconds=time.perf_counter() - started,
+        )
+        if toc is not None:
+            assert (
+                result.external_toc_digest is not None
+                and result.external_toc_size is not None
+            )
+            report.toc_blob_digest = result.external_toc_digest
+            with self._lock:
+                self.toc_blobs[result.blob_digest] = (
+                    result.external_toc_digest,
+                    result.external_toc_size,
+                    toc,
+                )
+        self._event(kind="layer", digest=digest, state="done", report=report)
+        return report
+
+    def copy_layer(self, descriptor: dict[str, Any]) -> LayerReport:
+        digest = descriptor["digest"]
+        started = time.perf_counter()
+        action = self.destination.copy_blob(
+            self.source, digest, descriptor.get("size", 0), self.work
+        )
+        self._event(kind="layer", digest=digest, state=action)
+        return LayerReport(
+            digest,
+            digest,
+            descriptor.get("size", 0),
+            action,
+            seconds=time.perf_counter() - started,
+        )
+
+    def layers(self, descriptors: Iterable[dict[str, Any]]) -> dict[str, LayerReport]:
+        """Convert (or copy) every distinct layer, concurrently."""
+        unique: dict[str, dict[str, Any]] = {}
+        for descriptor in descriptors:
+            unique.setdefault(descriptor["digest"], descriptor)
+        results: dict[str, LayerReport] = {}
+
+        def job(descriptor: dict[str, Any]) -> LayerReport:
+            media_type = descriptor.get("mediaType", "")
+            annotations = descriptor.get("annotations") or {}
+            if media_type in CONVERTIBLE and TOC_DIGEST not in annotations:
+                return self.convert_layer(descriptor, CONVERTIBLE[media_type])
+            return self.copy_layer(descriptor)
+
+        with (
+            ThreadPoolExecutor(
+                max_workers=self.options.threads, thread_name_prefix="estargz"
+            ) as compressors,
+            ThreadPoolExecutor(
+                max_workers=self.options.jobs, thread_name_prefix="estargz-layer"
+            ) as layers,
+        ):
+            self.pool = compressors
+            futures = {digest: layers.submit(job, d) for digest, d in unique.items()}
+            for digest, future in futures.items():
+                results[digest] = future.result()
+        return results
+
+    # -- manifests --
+
+    def manifest(
+        self, data: bytes, media_type: str, results: dict[str, LayerReport]
+    ) -> tuple[bytes, str]:
+        """The converted manifest (bytes, media type); its blobs are written."""
+        manifest = json.loads(data)
+        oci = self.options.oci or media_type == OCI_MANIFEST
+        config_descriptor = manifest["config"]
+        config = json.loads(self.source.read_blob(config_descriptor["digest"]))
+        diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
+        layers = []
+        for i, layer in enumerate(manifest.get("layers") or []):
+            report = results[layer["digest"]]
+            if (
+                report.action not in ("converted", "reused")
+                and report.toc_digest is None
+            ):
+                new_layer = copy.deepcopy(layer)
+                if oci and layer.get("mediaType") in _DOCKER_TO_OCI:
+                    new_layer["mediaType"] = _DOCKER_TO_OCI[layer["mediaType"]]
+                layers.append(new_layer)
+                continue
+            family = (
+                "oci" if oci else CONVERTIBLE.get(layer.get("mediaType", ""), "oci")
+            )
+            annotations = {
+                k: v
+                for k, v in (layer.get("annotations") or {}).items()
+                if k not in (TOC_DIGEST, UNCOMPRESSED_SIZE)
+            }
+            annotations[TOC_DIGEST] = report.toc_digest
+            annotations[UNCOMPRESSED_SIZE] = str(report.uncompressed_size)
+            new_layer = {
+                "mediaType": OCI_LAYER_GZIP if family == "oci" else DOCKER_LAYER_GZIP,
+                "digest": report.digest,
+                "size": report.size,
+                "annotations": annotations,
+            }
+            for key in ("urls", "platform"):
+                if key in layer:
+                    new_layer[key] = layer[key]
+            layers.append(new_layer)
+            if i < len(diff_ids):
+                if self.options.keep_diff_id and diff_ids[i] != report.diff_id:
+                    raise ConversionError(
+                        f"layer {layer['digest']}: keep-diff-id gave {report.diff_id}, "
+                        f"the config says {diff_ids[i]}"
+                    )
+                diff_ids[i] = report.diff_id
+        if diff_ids:
+            config.setdefault("rootfs", {})["diff_ids"] = diff_ids
+        config_bytes = json.dumps(config, separators=(",", ":")).encode()
+        config_digest = self._put_bytes(config_bytes)
+        new_config = dict(config_descriptor)
+        new_config.update(
+            mediaType=OCI_CONFIG
+            if oci
+            else config_descriptor.get("mediaType", DOCKER_CONFIG),
+            digest=config_digest,
+            size=len(config_bytes),
+        )
+        new_manifest = dict(manifest)
+        new_media_type = OCI_MANIFEST if oci else media_type
+        if "mediaType" in manifest or not oci:
+            new_manifest["mediaType"] = new_media_type
+        new_manifest["config"] = new_config
+        new_manifest["layers"] = layers
+        return json.dumps(new_manifest, separators=(",", ":")).encode(), new_media_type
+
+    def _put_bytes(self, data: bytes) -> str:
+        digest = _sha256(data)
+        if not self.destination.has_blob(digest):
+            path = self.work / f"blob-{digest[7:]}"
+            path.write_bytes(data)
+            try:
+                self.destination.put_blob(path, digest, len(data))
+            finally:
+                path.unlink(missing_ok=True)
+        return digest
+
+    def toc_image(self) -> tuple[bytes, str]:
+        """The TOC image: config ``{}``, one layer per converted layer."""
+        config_digest = self._put_bytes(EMPTY_CONFIG)
+        layers = []
+        for layer_digest, (toc_digest, toc_size, path) in self.toc_blobs.items():
+            self.destination.put_blob(path, toc_digest, toc_size)
+            layers.append(
+                {
+                    "mediaType": OCI_LAYER_GZIP,
+                    "digest": toc_digest,
+                    "size": toc_size,
+                    "annotations": {LAYER_DIGEST: layer_digest},
+                }
+            )
+        layers.sort(key=lambda layer: str(layer["digest"]))
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": OCI_CONFIG,
+                "digest": config_digest,
+                "size": len(EMPTY_CONFIG),
+            },
+            "layers": layers,
+        }
+        return json.dumps(manifest, separators=(",", ":")).encode(), OCI_MANIFEST
+
+
+_DOCKER_TO_OCI = {
+    DOCKER_LAYER: OCI_LAYER,
+    DOCKER_LAYER_GZIP: OCI_LAYER_GZIP,
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": (
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+    ),
+}
+
+
+def convert_image(
+    source: Union[str, ImageReference],
+    destination: Union[str, ImageReference],
+    *,
+    compression_level: int = 9,
+    chunk_size: int = 0,
+    min_chunk_size: int = 0,
+    prioritized_files: Optional[Sequence[str]] = None,
+    allow_missing_prioritized: bool = False,
+    external_toc: bool = False,
+    keep_diff_id: bool = False,
+    oci: bool = False,
+    platforms: Optional[Sequence[str]] = None,
+    all_platforms: bool = False,
+    threads: Optional[int] = None,
+    plain_http: bool = False,
+    credentials: Optional[tuple[str, str]] = None,
+    progress: Optional[Callable[[dict[str, Any]], None]] = None,
+    work_dir: Optional[str] = None,
+) -> ImageReport:
+    """Convert an image to eStargz and write it to ``destination``.
+
+    Layer options mean what they mean for :func:`estargz.convert`.
+
+    :param oci: turn Docker media types into OCI ones (which keeps
+        annotations); without it Docker-typed images keep their types
+    :param platforms: ``os/arch[/variant]`` to convert from an index
+        (default: this machine's); ``all_platforms`` takes them all
+    :param external_toc: keep TOCs out of the layers and write the TOC image
+        next to the image, named after its tag plus ``-esgztoc``
+    :param plain_http: talk to registries over http://
+    :param credentials: ``(user, password)`` for registries (default: the
+        docker config file)
+    :param progress: called with a dict per event (layer started, done...)
+    :raises ConversionError: options or addresses that do not fit
+    :raises InputError: a malformed source image or layer
+    :raises RegistryError: a registry refused a request
+    """
+    started = time.perf_counter()
+    src_ref = parse_reference(source) if isinstance(source, str) else source
+    dst_ref = (
+        parse_reference(destination) if isinstance(destination, str) else destination
+    )
+    if keep_diff_id and not external_toc:
+        raise ConversionError("keep-diff-id needs an external TOC (--external-toc)")
+    if keep_diff_id and prioritized_files:
+        raise ConversionError(
+            "keep-diff-id cannot reorder files: drop the prioritized files"
+        )
+    budget = threads or cpu_count()
+    options = _Options(
+        compression_level=compression_level,
+        chunk_size=chunk_size,
+        min_chunk_size=min_chunk_size,
+        prioritized_files=list(prioritized_files or []),
+        allow_missing_prioritized=allow_missing_prioritized,
+        external_toc=external_toc,
+        keep_diff_id=keep_diff_id,
+        oci=oci,
+        threads=budget,
+        jobs=1,
+    )
+    clients: dict[str, RegistryClient] = {}
+    src = _open_store(src_ref, False, clients, plain_http, credentials)
+    dst = _open_store(dst_ref, True, clients, plain_http, credentials)
+    with tempfile.TemporaryDirectory(prefix="estargz-image-", dir=work_dir) as tmp:
+        converter = _Converter(src, dst, options, Path(tmp), progress)
+        top, top_type, top_digest = src.resolve()
+        if top_type in (DOCKER_MANIFEST, DOCKER_LIST) and not oci:
+            log.warning(
+                "%s has Docker media types; converting without --oci keeps them, "
+                "and some registries drop the eStargz annotations of Docker manifests",
+                src_ref,
+            )
+        # The manifests to convert.
+        if top_type in (OCI_INDEX, DOCKER_LIST):
+            index = json.loads(top)
+            wanted = list(platforms or [host_platform_name()])
+            chosen = [
+                m
+                for m in index.get("manifests") or []
+                if all_platforms or any(_platform_matches(p, m) for p in wanted)
+            ]
+            if not chosen:
+                raise ConversionError(
+                    f"{src_ref}: no manifest for {', '.join(wanted)}; "
+                    "use --platform or --all-platforms"
+                )
+            manifests = [
+                (m, src.manifest(m["digest"], m.get("mediaType", OCI_MANIFEST)))
+                for m in chosen
+            ]
+        else:
+            index = None
+            manifests = [({"digest": top_digest, "mediaType": top_type}, top)]
+        for descriptor, data in manifests:
+            media = descriptor.get("mediaType") or _media_type_of(data, OCI_MANIFEST)
+            if media not in (OCI_MANIFEST, DOCKER_MANIFEST):
+                raise ConversionError(
+                    f"{src_ref}: {descriptor['digest']} is a {media}, "
+                    "not an image manifest"
+                )
+        # Layers, all at once: concurrent, each distinct one converted once.
+        layer_descriptors = [
+            layer
+            for _, data in manifests
+            for layer in json.loads(data).get("layers") or []
+        ]
+        # Layers are read, converted and written side by side (a few at a
+        # time: downloads and uploads overlap with compression), all on one
+        # pool of ``budget`` compression threads.
+        distinct = len({layer["digest"] for layer in layer_descriptors})
+        options.jobs = max(1, min(distinct, budget + 1, 4))
+        options.threads = budget
+        results = converter.layers(layer_descriptors)
+        seen: set[str] = set()
+        reports = []
+        for layer in layer_descriptors:
+            layer_report = copy.copy(results[layer["digest"]])
+            if layer["digest"] in seen and layer_report.action == "converted":
+                layer_report.action = "reused"
+            seen.add(layer["digest"])
+            reports.append(layer_report)
+        # Manifests, then the index.
+        new_descriptors = []
+        tag = (
+            dst_ref.name
+            if dst_ref.transport == "oci"
+            else (dst_ref.tag if not dst_ref.digest else None)
+        )
+        for descriptor, data in manifests:
+            media = descriptor.get("mediaType") or _media_type_of(data, OCI_MANIFEST)
+            new_data, new_media = converter.manifest(data, media, results)
+            digest = dst.put_manifest(
+                new_data, new_media, None if index is not None else (tag or "latest")
+            )
+            new_descriptor = {
+                k: v
+                for k, v in descriptor.items()
+                if k not in ("digest", "size", "mediaType")
+            }
+            new_descriptor.update(
+                mediaType=new_media, digest=digest, size=len(new_data)
+            )
+            new_descriptors.append((new_descriptor, new_data, new_media, digest))
+        if index is not None:
+            new_index = dict(index)
+            index_media = OCI_INDEX if (oci or top_type == OCI_INDEX) else DOCKER_LIST
+            if "mediaType" in index or index_media == DOCKER_LIST:
+                new_index["mediaType"] = index_media
+            new_index["manifests"] = [d for d, _, _, _ in new_descriptors]
+            out_data = json.dumps(new_index, separators=(",", ":")).encode()
+            out_media = index_media
+            out_digest = dst.put_manifest(out_data, out_media, tag or "latest")
+        else:
+            _, out_data, out_media, out_digest = new_descriptors[0]
+        report = ImageReport(
+            source=str(src_ref),
+            source_digest=top_digest,
+            destination=str(dst_ref),
+            digest=out_digest,
+            media_type=out_media,
+            layers=reports,
+        )
+        if external_toc:
+            toc_ref = dst_ref.toc_image()
+            toc_data, toc_media = converter.toc_image()
+            toc_tag = toc_ref.name if toc_ref.transport == "oci" else toc_ref.tag
+            report.toc_image = str(toc_ref)
+            report.toc_image_digest = dst.put_manifest(toc_data, toc_media, toc_tag)
+    report.seconds = time.perf_counter() - started
+    log.info("converted %s to %s (%d layers)", src_ref, dst_ref, len(reports))
+    return report

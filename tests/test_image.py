@@ -138,7 +138,7 @@ def test_oci_layout_to_oci_layout(images: Path, tmp_path: Path) -> None:
     # History and the rest of the config are kept.
     assert config["history"] == [{"created_by": f"layer {i}"} for i in range(3)]
     assert [layer.toc_digest for layer in report.layers] == [
-        l["annotations"][TOC_DIGEST] for l in manifest["layers"]
+        layer["annotations"][TOC_DIGEST] for layer in manifest["layers"]
     ]
 
 

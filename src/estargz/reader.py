@@ -16,6 +16,7 @@ import io
 import logging
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Optional, Union
 
@@ -29,7 +30,7 @@ from estargz._format import (
 )
 from estargz._source import RangeSource, as_source
 from estargz._tar import BLOCK, ByteSource, TarReader
-from estargz._util import PathLike
+from estargz._util import PathLike, cpu_count
 from estargz.errors import BlobFormatError, EStargzError, NativeError, VerificationError
 from estargz.toc import TOC, TOCEntry, clean_name
 
@@ -189,27 +190,126 @@ class _SourceStream(io.RawIOBase):
         return len(data)
 
 
-class _MemberMap(io.RawIOBase):
-    """The uncompressed stream of a blob's members, noting where each member
-    starts in both the blob and the stream."""
+# Verify inflates the blob's members in groups of about this many compressed
+# bytes, on worker threads; a group never splits a member.
+VERIFY_GROUP = 512 << 10
 
-    def __init__(self, reader: _native.GzipReader) -> None:
-        self._reader = reader
+
+class _Inflated(io.RawIOBase):
+    """The uncompressed stream of a blob's members, inflated in parallel.
+
+    Groups of whole members are inflated on worker threads, which also check
+    the digests of the chunks in them; this stream hands the bytes on in
+    order and records where each member starts in the stream.
+    """
+
+    def __init__(self, blob: Blob, threads: int) -> None:
+        self.blob = blob
+        toc = blob.toc
+        chunks = toc.chunks
         self.starts: dict[int, int] = {}
+        self.failures: dict[int, str] = {}
+        self._rows: dict[int, list[int]] = {}
+        for row, offset in enumerate(chunks.offset.tolist()):
+            self._rows.setdefault(offset, []).append(row)
+        # Group boundaries at member starts the TOC knows of.
+        bounds = sorted({o for o in self._rows if 0 < o < blob.payload_end})
+        self._groups: list[tuple[int, int]] = []
+        begin = 0
+        for bound in [*bounds, blob.payload_end]:
+            if bound - begin >= VERIFY_GROUP or bound == blob.payload_end:
+                if bound > begin:
+                    self._groups.append((begin, bound))
+                begin = bound
+        self._pool = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="estargz-verify"
+        )
+        self._queue: collections.deque[Any] = collections.deque()
+        self._next = 0
+        self._depth = threads + 1
+        self._data = memoryview(b"")
+        self._base = 0  # stream offset of the group being handed on
+        self._group_size = 0
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
+    def _fill(self) -> None:
+        while len(self._queue) < self._depth and self._next < len(self._groups):
+            self._queue.append(
+                self._pool.submit(self._inflate, *self._groups[self._next])
+            )
+            self._next += 1
+
+    def _inflate(
+        self, begin: int, end: int
+    ) -> tuple[bytearray, dict[int, int], dict[int, str]]:
+        chunks = self.blob.toc.chunks
+        data = self.blob.source.read_at(begin, end - begin)
+        if len(data) < end - begin:
+            raise VerificationError(
+                f"blob: the source ends early, at offset {begin + len(data)}"
+            )
+        reader = _native.GzipReader(io.BytesIO(data), block_size=1 << 16, offset=begin)
+        # Nothing in a group may inflate to more than this: a bomb is refused.
+        cap = 64 * (end - begin) + (64 << 20)
+        out = bytearray()
+        starts: dict[int, int] = {}
+        buffer = bytearray(1 << 20)
         try:
-            n = int(self._reader.readinto(buffer))
+            while True:
+                n = reader.readinto(buffer)
+                if not n:
+                    break
+                starts.setdefault(reader.member_offset, len(out))
+                out += memoryview(buffer)[:n]
+                if len(out) > cap:
+                    raise VerificationError(
+                        f"blob: the gzip members at offsets {begin}..{end} inflate to "
+                        f"more than {cap} bytes"
+                    )
         except NativeError as exc:
             raise VerificationError(f"blob: {exc}") from exc
-        if n:
-            self.starts.setdefault(
-                self._reader.member_offset, self._reader.member_uncompressed_offset
-            )
+        failures: dict[int, str] = {}
+        view = memoryview(out)
+        for member, position in starts.items():
+            for row in self._rows.get(member, ()):
+                start = position + int(chunks.inner_offset[row])
+                size = int(chunks.size[row])
+                piece = view[start : start + size]
+                expected = chunks.digest_of(row)
+                if not expected.startswith("sha256:"):
+                    continue
+                found = "sha256:" + _native.Sha256(piece).hexdigest()
+                if len(piece) < size:
+                    failures[row] = f"its member ends {size - len(piece)} bytes early"
+                elif found != expected:
+                    failures[row] = f"digest {found}, the TOC says {expected}"
+        return out, starts, failures
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        while not len(self._data):
+            self._fill()
+            if not self._queue:
+                return 0
+            self._base += self._group_size
+            data, starts, failures = self._queue.popleft().result()
+            self._group_size = len(data)
+            for member, position in starts.items():
+                self.starts.setdefault(member, self._base + position)
+            self.failures.update(failures)
+            self._data = memoryview(data)
+        n = min(len(view), len(self._data))
+        view[:n] = self._data[:n]
+        self._data = self._data[n:]
         return n
+
+    def close(self) -> None:
+        for job in self._queue:
+            job.cancel()
+        self._pool.shutdown(wait=True)
+        super().close()
 
 
 class Blob:
@@ -408,12 +508,17 @@ class Blob:
 
     # -- verification ----------------------------------------------------------
 
-    def verify(self, toc_digest: Optional[str] = None) -> VerifyReport:
+    def verify(
+        self, toc_digest: Optional[str] = None, threads: Optional[int] = None
+    ) -> VerifyReport:
         """Read the whole blob once and check all of it: the TOC (against
         ``toc_digest`` when given), every chunk's digest and every file's,
         that every chunk sits where the TOC says, and that the tar stream in
         the blob holds exactly the TOC's entries (names, types, sizes,
         payload positions).
+
+        Members are inflated, and their chunks checked, on ``threads`` worker
+        threads (default: all CPUs) while one thread walks the tar stream.
 
         :raises VerificationError: at the first problem, naming the entry
             and the offset
@@ -429,11 +534,13 @@ class Blob:
                     entry.raw_name,
                     entry.link_name,
                 )
-        stream = _SourceStream(self.source, 0, self.payload_end)
-        gzip_reader = _native.GzipReader(io.BufferedReader(stream, 1 << 20))
-        members = _MemberMap(gzip_reader)
-        plain = io.BufferedReader(members, 1 << 20)
-        return _StreamCheck(self, members, plain).run()
+        members = _Inflated(self, threads or cpu_count())
+        try:
+            return _StreamCheck(
+                self, members, io.BufferedReader(members, 1 << 20)
+            ).run()
+        finally:
+            members.close()
 
 
 class _StreamCheck:
@@ -446,7 +553,7 @@ class _StreamCheck:
     matched by where its data lies, which the TOC fixes exactly.
     """
 
-    def __init__(self, blob: Blob, members: _MemberMap, plain: BinaryIO) -> None:
+    def __init__(self, blob: Blob, members: _Inflated, plain: BinaryIO) -> None:
         self.blob = blob
         self.toc = blob.toc
         self.members = members
@@ -571,17 +678,22 @@ class _StreamCheck:
             # the end of the walk reports.
             self.reader.skip_payload()
             return
-        file_hash = _native.Sha256()
+        # Chunk digests were checked by the thread that inflated them; here
+        # only positions, and the digest of a file of several chunks.
+        whole_file = entry.chunk_count > 1 or (
+            bool(entry.digest) and entry.digest != chunks.digest_of(entry.chunk_start)
+        )
+        file_hash = _native.Sha256() if whole_file else None
         pending = first
         for row in range(entry.chunk_start, entry.chunk_start + entry.chunk_count):
             size = int(chunks.size[row])
             at = tar_entry.data_offset + int(chunks.file_offset[row])
-            chunk_hash = _native.Sha256()
             left = size
             while left:
                 piece = pending or self.reader.read_payload(min(left, 1 << 20))
                 pending = b""
-                chunk_hash.update_with(file_hash, piece)
+                if file_hash is not None:
+                    file_hash.update(piece)
                 if left == size:
                     # The chunk's first byte has been read: its member has been seen.
                     found = self._member_position(row)
@@ -594,16 +706,12 @@ class _StreamCheck:
                             f"the tar stream at {at}"
                         )
                 left -= len(piece)
-            expected = chunks.digest_of(row)
-            found_digest = "sha256:" + chunk_hash.hexdigest()
-            if expected and expected.startswith("sha256:") and expected != found_digest:
-                raise VerificationError(
-                    f"{self.blob._chunk_place(row)}: digest {found_digest}, "
-                    f"the TOC says {expected}"
-                )
+            failure = self.members.failures.get(row)
+            if failure is not None:
+                raise VerificationError(f"{self.blob._chunk_place(row)}: {failure}")
             self.chunks_checked += 1
         self.reader.read_padding()
-        if entry.digest and entry.digest.startswith("sha256:"):
+        if file_hash is not None and entry.digest.startswith("sha256:"):
             found_digest = "sha256:" + file_hash.hexdigest()
             if found_digest != entry.digest:
                 raise VerificationError(

@@ -78,6 +78,8 @@ func run(args []string) (code int) {
 		err = cmdCat(args[1:])
 	case "ls":
 		err = cmdLs(args[1:])
+	case "read-latency":
+		err = cmdReadLatency(args[1:])
 	case "-h", "-help", "--help", "help":
 		fmt.Fprintln(os.Stdout, usageText)
 		return 0
@@ -618,4 +620,67 @@ func cmdLs(args []string) error {
 	return printJSON(struct {
 		Entries []lsEntry `json:"entries"`
 	}{list})
+}
+
+// ---------------------------------------------------------------- read-latency
+
+type latencyResult struct {
+	Reads          int     `json:"reads"`
+	Bytes          int64   `json:"bytes"`
+	Seconds        float64 `json:"seconds"`
+	OpenSeconds    float64 `json:"openSeconds"`
+	SecondsPerRead float64 `json:"secondsPerRead"`
+}
+
+// cmdReadLatency opens a blob once, then reads one file N times through the
+// Reader, checking every chunk against its digest, as a lazy pull reads a
+// small file: it measures the cost of one read, not of opening.
+func cmdReadLatency(args []string) error {
+	fs := newFlagSet("read-latency")
+	n := fs.Int("n", 100, "number of reads")
+	pos, err := parseFlags(fs, args, 2, "BLOB PATH")
+	if err != nil {
+		return err
+	}
+	f, sr, err := openSection(pos[0])
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	start := time.Now()
+	r, err := estargz.Open(sr)
+	if err != nil {
+		return fmt.Errorf("estargz.Open: %w", err)
+	}
+	v, err := r.VerifyTOC(r.TOCDigest())
+	if err != nil {
+		return fmt.Errorf("VerifyTOC: %w", err)
+	}
+	e, ok := r.Lookup(pos[1])
+	if !ok || e.Type != "reg" {
+		return fmt.Errorf("%q: not a regular file in the blob", pos[1])
+	}
+	res := latencyResult{Reads: *n, OpenSeconds: time.Since(start).Seconds()}
+	start = time.Now()
+	for i := 0; i < *n; i++ {
+		if err := forEachChunk(r, e, func(ce *estargz.TOCEntry, data []byte) error {
+			dv, err := v.Verifier(ce)
+			if err != nil {
+				return err
+			}
+			if _, err := dv.Write(data); err != nil {
+				return err
+			}
+			if !dv.Verified() {
+				return fmt.Errorf("%q: chunk does not match its digest", e.Name)
+			}
+			res.Bytes += int64(len(data))
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	res.Seconds = time.Since(start).Seconds()
+	res.SecondsPerRead = res.Seconds / float64(*n)
+	return printJSON(res)
 }

@@ -33,6 +33,17 @@ def record_ceiling(
     CEILINGS.setdefault(group, {})[kind] = {"seconds": seconds, "bytes": nbytes}
 
 
+PEERS: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+
+
+def record_peer(
+    group: str, impl: str, seconds: float, nbytes: int, **extra: Any
+) -> None:
+    """A peer's time measured by the peer itself (a Go loop, say), shown in
+    the report as if pytest-benchmark had timed it."""
+    PEERS[group][impl] = {"seconds": seconds, "bytes": nbytes, **extra}
+
+
 def add_target(group: str, peer: str, ratio: float, why: str = "") -> None:
     """State that ``ours`` should reach ``ratio`` times ``peer``'s speed."""
     if (peer, ratio, why) not in TARGETS[group]:

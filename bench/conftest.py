@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _support import CEILINGS, TARGETS
+from _support import CEILINGS, PEERS, TARGETS
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -44,6 +44,9 @@ def _rows(config: pytest.Config) -> dict[str, dict[str, dict[str, Any]]]:
             "bytes": bench.extra_info.get("bytes", 0),
             **{k: v for k, v in bench.extra_info.items() if k not in ("impl",)},
         }
+    for group, peers in PEERS.items():
+        if group in groups:
+            groups[group].update(peers)
     return groups
 
 
@@ -65,6 +68,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         entry: dict[str, Any] = {"ours": ours}
         if ours["bytes"]:
             line.append(f"ours {ours['bytes'] / ours['seconds'] / 1e6:.1f} MB/s")
+        if ours.get("per_read"):
+            line.append(f"ours {ours['seconds'] * 1e6:.1f} us per read")
+        if ours.get("bytes_per_chunk"):
+            line.append(f"{ours['bytes_per_chunk']:.1f} bytes of memory per chunk")
         for impl, row in sorted(impls.items()):
             if impl == "ours":
                 continue

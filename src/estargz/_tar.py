@@ -135,6 +135,21 @@ class ByteSource:
         self.offset += total
         return total
 
+    def skip(self, size: int) -> int:
+        """Pass over ``size`` bytes; return how many there were."""
+        skipper = getattr(self._stream, "skip", None)
+        if skipper is not None:
+            done = int(skipper(size))
+        else:
+            done = 0
+            while done < size:
+                got = len(self._stream.read(min(size - done, 1 << 20)))
+                if not got:
+                    break
+                done += got
+        self.offset += done
+        return done
+
     def read_rest(self, block: int = 1 << 20) -> bytes:
         """Return one block of whatever follows; b"" at the end."""
         return self.read(block)
@@ -432,12 +447,16 @@ class TarReader:
 
     def skip_payload(self) -> bytes:
         """Skip what is left of the current entry; return the padding."""
-        left = self._pending - self._pending_entry.padding
-        while left > 0:
-            step = min(left, 1 << 20)
-            self.read_payload(step)
-            left -= step
+        self.skip_bytes(self._pending - self._pending_entry.padding)
         return self.read_padding()
+
+    def skip_bytes(self, size: int) -> None:
+        """Pass over the next ``size`` payload bytes of the current entry."""
+        if size > 0:
+            done = self.source.skip(size)
+            self._pending -= done
+            if done < size:
+                self._truncated(self._pending_entry)
 
     def _truncated(self, entry: TarEntry) -> None:
         end = self.source.offset

@@ -553,7 +553,7 @@ class _StreamCheck:
     matched by where its data lies, which the TOC fixes exactly.
     """
 
-    def __init__(self, blob: Blob, members: _Inflated, plain: BinaryIO) -> None:
+    def __init__(self, blob: Blob, members: _Inflated, plain: Any) -> None:
         self.blob = blob
         self.toc = blob.toc
         self.members = members
@@ -684,28 +684,31 @@ class _StreamCheck:
             bool(entry.digest) and entry.digest != chunks.digest_of(entry.chunk_start)
         )
         file_hash = _native.Sha256() if whole_file else None
-        pending = first
         for row in range(entry.chunk_start, entry.chunk_start + entry.chunk_count):
             size = int(chunks.size[row])
             at = tar_entry.data_offset + int(chunks.file_offset[row])
-            left = size
-            while left:
-                piece = pending or self.reader.read_payload(min(left, 1 << 20))
-                pending = b""
-                if file_hash is not None:
+            # Read the chunk's first byte (the file's is read already): then
+            # the member that holds it has been seen, and its place is known.
+            head = first if row == entry.chunk_start else self.reader.read_payload(1)
+            found = self._member_position(row)
+            if found != at:
+                place = self.blob._chunk_place(row)
+                if found is None:
+                    raise self._fail(f"{place}: no gzip member starts there")
+                raise self._fail(
+                    f"{place}: the TOC puts it at uncompressed offset {found}, "
+                    f"the tar stream at {at}"
+                )
+            if file_hash is None:
+                # Nothing to hash here: pass over the bytes uncopied.
+                self.reader.skip_bytes(size - 1)
+            else:
+                file_hash.update(head)
+                left = size - 1
+                while left:
+                    piece = self.reader.read_payload(min(left, 1 << 20))
                     file_hash.update(piece)
-                if left == size:
-                    # The chunk's first byte has been read: its member has been seen.
-                    found = self._member_position(row)
-                    if found != at:
-                        place = self.blob._chunk_place(row)
-                        if found is None:
-                            raise self._fail(f"{place}: no gzip member starts there")
-                        raise self._fail(
-                            f"{place}: the TOC puts it at uncompressed offset {found}, "
-                            f"the tar stream at {at}"
-                        )
-                left -= len(piece)
+                    left -= len(piece)
             failure = self.members.failures.get(row)
             if failure is not None:
                 raise VerificationError(f"{self.blob._chunk_place(row)}: {failure}")

@@ -127,7 +127,41 @@ def test_bad_arguments(tmp_path: Path) -> None:
     result = estargz(
         "convert", str(INPUT), str(tmp_path / "b"), "--keep-diff-id", check=False
     )
-    assert result.returncode == 1 and b"needs an external TOC" in result.stderr
+    assert (
+        result.returncode == 2
+        and b"--keep-diff-id needs --external-toc" in result.stderr
+    )
+    result = estargz("convert", str(INPUT), str(INPUT), check=False)
+    assert (
+        result.returncode == 1
+        and b"input and output are the same file" in result.stderr
+    )
+    result = estargz(
+        "convert",
+        str(INPUT),
+        str(tmp_path / "b"),
+        "--external-toc",
+        str(tmp_path / "b"),
+        check=False,
+    )
+    assert result.returncode == 1 and b"would be the same file" in result.stderr
+    result = estargz(
+        "convert", str(INPUT), str(tmp_path / "no" / "dir" / "b"), check=False
+    )
+    assert (
+        result.returncode == 1
+        and b"cannot write" in result.stderr
+        and b".part" not in result.stderr
+    )
+    result = estargz(
+        "convert",
+        str(INPUT),
+        str(tmp_path / "b"),
+        "--compression-level",
+        "12",
+        check=False,
+    )
+    assert result.returncode == 2
     result = estargz(
         "convert", str(INPUT), str(tmp_path / "b"), "--chunk-size", "lots", check=False
     )
@@ -198,6 +232,17 @@ def test_corrupt_blob_verify_names_entry(tmp_path: Path) -> None:
     result = estargz("verify", str(broken), check=False)
     assert result.returncode == 1
     assert b"Traceback" not in result.stderr and b"offset" in result.stderr
+
+
+def test_extract_into_a_file_and_stdin_blob(tmp_path: Path) -> None:
+    result = estargz("extract", str(GO_BLOBS / "default.esgz"), str(INPUT), check=False)
+    assert result.returncode == 1 and b"cannot extract into" in result.stderr
+    assert b"Traceback" not in result.stderr
+    blob = (GO_BLOBS / "default.esgz").read_bytes()
+    listing = estargz("ls", "-", stdin=blob).stdout.decode()
+    assert "usr/bin/tool" in listing
+    assert estargz("-q", "verify", str(GO_BLOBS / "default.esgz")).stdout == b""
+    assert estargz("verify", str(GO_BLOBS / "default.esgz"), "-q").stdout == b""
 
 
 def test_version_and_help() -> None:

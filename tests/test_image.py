@@ -122,6 +122,10 @@ def test_references() -> None:
         parse_reference("http://x/y")
     with pytest.raises(estargz.ConversionError, match="not a sha256 digest"):
         parse_reference("docker://x.io/y@md5:1")
+    with pytest.raises(estargz.ConversionError, match="not a valid (tag|repository)"):
+        parse_reference("docker://127.0.0.1:5000/x:bad:tag")
+    with pytest.raises(estargz.ConversionError, match="not a valid repository name"):
+        parse_reference("docker://127.0.0.1:5000/Upper/case")
 
 
 def test_oci_layout_to_oci_layout(images: Path, tmp_path: Path) -> None:
@@ -199,25 +203,11 @@ def test_docker_archive_to_oci_layout(
     assert manifest["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json"
     check_converted(out, manifest, config)
     assert len(report.layers) == 3
-    # Without --oci the Docker types stay, with a warning.
-    with caplog.at_level("WARNING"):
-        convert_image(f"docker-archive:{archive}:example/app:v1", f"oci:{out}:docker")
-    assert "Docker media types" in caplog.text
-    # (skopeo 1.9 does not list Docker-typed manifests of an OCI layout.)
-    index = json.loads((out / "index.json").read_text())
-    top = next(
-        m
-        for m in index["manifests"]
-        if m["annotations"]["org.opencontainers.image.ref.name"] == "docker"
-    )
-    manifest = json.loads(blob(out, top["digest"]).read_bytes())
-    config = json.loads(blob(out, manifest["config"]["digest"]).read_bytes())
-    assert (
-        manifest["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
-    )
-    assert {layer["mediaType"] for layer in manifest["layers"]} == {
-        "application/vnd.docker.image.rootfs.diff.tar.gzip"
-    }
+    # An OCI layout gets OCI types even without --oci (layout readers such as
+    # skopeo look for nothing else there).
+    convert_image(f"docker-archive:{archive}:example/app:v1", f"oci:{out}:docker")
+    manifest, config = manifest_of(out, "docker")
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
     check_converted(out, manifest, config)
     with pytest.raises(estargz.InputError, match="no image tagged 'nope:1'"):
         convert_image(f"docker-archive:{archive}:nope:1", f"oci:{out}:x")
@@ -433,3 +423,30 @@ def test_cli_image_convert(registry: LocalRegistry, images: Path) -> None:
         and "404" in missing.stderr
         and "Traceback" not in missing.stderr
     )
+
+
+@pytest.mark.needs_registry
+def test_docker_types_kept_without_oci_for_registries(
+    registry: LocalRegistry,
+    images: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    archive = tmp_path / "app.tar"
+    skopeo(
+        "copy",
+        f"oci:{images / 'single'}:v1",
+        f"docker-archive:{archive}:example/app:v1",
+    )
+    destination = f"docker://{registry.host}/docker/app:esgz"
+    with caplog.at_level("WARNING"):
+        convert_image(f"docker-archive:{archive}", destination, plain_http=True)
+    assert "Docker media types" in caplog.text
+    manifest = json.loads(skopeo("inspect", "--tls-verify=false", "--raw", destination))
+    assert (
+        manifest["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    )
+    assert {layer["mediaType"] for layer in manifest["layers"]} == {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    }
+    assert all(TOC_DIGEST in layer["annotations"] for layer in manifest["layers"])

@@ -25,6 +25,7 @@ from estargz.toc import TOCEntry
 
 log = logging.getLogger(__name__)
 
+_LANDMARKS = {".prefetch.landmark", ".no.prefetch.landmark"}
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -48,8 +49,13 @@ class _Tree:
     """The target directory, walked without following symlinks."""
 
     def __init__(self, target: str) -> None:
-        os.makedirs(target, exist_ok=True)
-        self.root = os.open(target, _DIR_FLAGS)
+        try:
+            os.makedirs(target, exist_ok=True)
+            self.root = os.open(target, _DIR_FLAGS)
+        except OSError as exc:
+            raise UnsafePathError(
+                f"cannot extract into {target!r}: {exc.strerror or exc}"
+            ) from exc
         self._dirs: dict[str, int] = {"": self.root}
 
     def close(self) -> None:
@@ -130,8 +136,13 @@ def extract(blob: Blob, target: PathLike, *, xattrs: bool = True) -> ExtractRepo
     directories: list[tuple[str, TOCEntry]] = []
     try:
         # Later entries of the same name win, as in tar; links come last so
-        # their targets exist.
-        latest = [e for e in toc.entries if toc.by_name.get(e.name) is e and e.name]
+        # their targets exist.  The landmark files only mark the prefetch
+        # boundary for lazy pulling; like the snapshotter, leave them out.
+        latest = [
+            e
+            for e in toc.entries
+            if toc.by_name.get(e.name) is e and e.name and e.name not in _LANDMARKS
+        ]
         for entry in [e for e in latest if e.type != "hardlink"] + [
             e for e in latest if e.type == "hardlink"
         ]:

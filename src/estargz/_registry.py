@@ -87,6 +87,20 @@ def docker_config_credentials(host: str) -> Optional[tuple[str, str]]:
     return None
 
 
+def _explain(exc: Exception, host: str) -> str:
+    """A one-line reason for a failed connection."""
+    reason = getattr(exc, "reason", None) or exc
+    text = str(reason)
+    if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
+        return f"TLS failed: {host} seems to speak plain HTTP (use --plain-http)"
+    if isinstance(reason, urllib3.exceptions.NewConnectionError):
+        cause = text.split(": ", 1)[-1].split("] ", 1)[-1]
+        return f"cannot connect to {host}: {cause}"
+    if isinstance(reason, urllib3.exceptions.NameResolutionError):
+        return f"cannot resolve the name of {host}"
+    return text
+
+
 class _Response:
     def __init__(self, raw: Any) -> None:
         self.raw = raw
@@ -162,7 +176,7 @@ class RegistryClient:
             timeout=urllib3.Timeout(connect=15, read=timeout),
             retries=urllib3.Retry(
                 total=3,
-                connect=3,
+                connect=1,
                 read=0,
                 status=0,
                 redirect=5,
@@ -248,7 +262,9 @@ class RegistryClient:
                     redirect=method in ("GET", "HEAD"),
                 )
             except urllib3.exceptions.HTTPError as exc:
-                raise RegistryError(f"{method} {url}: {exc}") from exc
+                raise RegistryError(
+                    f"{method} {url}: {_explain(exc, self.host)}"
+                ) from exc
             if raw.status == 401 and attempt == 0:
                 challenge = raw.headers.get("WWW-Authenticate", "")
                 if stream:

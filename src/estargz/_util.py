@@ -47,9 +47,18 @@ class AtomicOutput:
         else:
             path = Path(self.target)
             parent = path.parent if str(path.parent) else Path(".")
-            handle, self._temp = tempfile.mkstemp(
-                dir=parent, prefix=f".{path.name}.", suffix=".part"
-            )
+            if path.is_dir():
+                raise IsADirectoryError(
+                    f"cannot write {self.target!r}: it is a directory"
+                )
+            try:
+                handle, self._temp = tempfile.mkstemp(
+                    dir=parent, prefix=f".{path.name}.", suffix=".part"
+                )
+            except OSError as exc:
+                raise type(exc)(
+                    exc.errno, f"cannot write {self.target!r}: {exc.strerror}"
+                ) from None
             os.fchmod(handle, 0o666 & ~_umask())
         self.file = os.fdopen(handle, "w+b", buffering=1 << 20)
         return self

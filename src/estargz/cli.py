@@ -46,6 +46,7 @@ def _add_layer_options(parser: argparse.ArgumentParser) -> None:
         "--estargz-compression-level",
         type=int,
         default=9,
+        choices=range(10),
         metavar="N",
         help="gzip level 0-9 (default 9)",
     )
@@ -130,6 +131,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_json()), file=stream)
         return 0
+    if args.quiet:
+        return 0
     where = "standard output" if args.output == "-" else args.output
     print(
         f"wrote {where}: {_human(result.blob_size)} blob, "
@@ -154,8 +157,24 @@ _OPENED: list[Blob] = []
 def _open(args: argparse.Namespace, **options: object) -> Blob:
     from estargz.reader import open_blob
 
-    blob = open_blob(args.blob, external_toc=args.external_toc, **options)  # type: ignore[arg-type]
+    source: object = args.blob
+    if args.blob == "-":
+        # Reading needs random access: standard input is kept in a temporary
+        # file first.
+        import tempfile
+
+        spool = tempfile.TemporaryFile(prefix="estargz-blob-")
+        while True:
+            block = sys.stdin.buffer.read(1 << 20)
+            if not block:
+                break
+            spool.write(block)
+        spool.seek(0)
+        source = spool
+    blob = open_blob(source, external_toc=args.external_toc, **options)  # type: ignore[arg-type]
     _OPENED.append(blob)
+    if args.external_toc and blob.format != "external":
+        log.warning("the blob holds its own TOC; --external-toc is not used")
     return blob
 
 
@@ -270,7 +289,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                 }
             )
         )
-    else:
+    elif not args.quiet:
         checked = "TOC digest matches, " if args.toc_digest else ""
         print(
             f"ok: {checked}{report.entries} entries, {report.chunks} chunks in "
@@ -347,6 +366,8 @@ def _cmd_image_convert(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_json()))
         return 0
+    if args.quiet:
+        return 0
     converted = sum(1 for layer in report.layers if layer.action == "converted")
     print(
         f"{report.destination}: {report.digest} "
@@ -379,18 +400,34 @@ class _ImageProgress:
         sys.stderr.flush()
 
 
+def _common() -> argparse.ArgumentParser:
+    """Options every command takes, before or after its name."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="say more"
+    )
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print only errors",
+    )
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="estargz",
         description="Convert container image layers to eStargz and read them back.",
+        parents=[_common()],
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    parser.add_argument("-q", "--quiet", action="store_true")
     parser.add_argument("--version", action="store_true", help="print versions")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     convert = commands.add_parser(
         "convert",
+        parents=[_common()],
         help="convert a layer (tar, tar.gz, tar.zst) into an eStargz blob",
         description="Convert a layer into an eStargz blob that Go stargz reads.",
     )
@@ -414,7 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
         name: str, help: str, func: Callable[[argparse.Namespace], int]
     ) -> argparse.ArgumentParser:
         command = commands.add_parser(
-            name, help=help, description=help[0].upper() + help[1:] + "."
+            name,
+            help=help,
+            description=help[0].upper() + help[1:] + ".",
+            parents=[_common()],
         )
         command.add_argument(
             "blob", metavar="BLOB", help="an eStargz or legacy stargz blob"
@@ -458,10 +498,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_image_commands(commands: Any) -> None:
-    image = commands.add_parser("image", help="convert whole images")
+    image = commands.add_parser(
+        "image", help="convert whole images", parents=[_common()]
+    )
     image_commands = image.add_subparsers(dest="image_command", metavar="COMMAND")
     image_convert = image_commands.add_parser(
         "convert",
+        parents=[_common()],
         help="convert an image to eStargz",
         description="Convert an image to eStargz.  Addresses: oci:DIR[:REF], "
         "docker-archive:FILE[:NAME:TAG] (source only), "
@@ -527,10 +570,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _bound_malloc()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.verbose = getattr(args, "verbose", 0)
+    args.quiet = getattr(args, "quiet", False)
+    if getattr(args, "keep_diff_id", False) and not getattr(args, "external_toc", None):
+        parser.error("--keep-diff-id needs --external-toc")
     level = logging.WARNING - 10 * args.verbose
     if args.quiet:
         level = logging.ERROR
     logging.basicConfig(level=level, format="estargz: %(levelname)s: %(message)s")
+    # urllib3 narrates its retries; our errors say what failed.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
     if args.version:
         import estargz
 
@@ -542,20 +591,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         return func(args)
-    except (
-        EStargzError,
-        EStargzErrorForCLI,
-        FileNotFoundError,
-        IsADirectoryError,
-        NotADirectoryError,
-    ) as exc:
-        print(f"estargz: error: {exc}", file=sys.stderr)
+    except BrokenPipeError:
+        return 1
+    except (EStargzError, EStargzErrorForCLI, OSError) as exc:
+        # User and environment errors: one line.  (Anything else is a bug in
+        # estargz and keeps its traceback.)
+        blob = getattr(args, "blob", None)
+        where = f"{blob}: " if blob and not isinstance(exc, EStargzErrorForCLI) else ""
+        print(f"estargz: error: {where}{exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("estargz: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 1
     finally:
         while _OPENED:
             _OPENED.pop().close()

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import platform as host_platform
+import re
 import shutil
 import tarfile
 import tempfile
@@ -80,6 +81,12 @@ EMPTY_CONFIG = b"{}"
 
 
 # -- references ----------------------------------------------------------------
+
+# The distribution spec's grammar for repository names and tags.
+_REPOSITORY = re.compile(
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+)
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -155,10 +162,12 @@ def _docker_reference(text: str, rest: str) -> ImageReference:
         host, repository = "docker.io", rest
         if "/" not in repository:
             repository = "library/" + repository
-    if not repository or repository != repository.lower():
+    if not _REPOSITORY.fullmatch(repository):
         raise ConversionError(
             f"{text!r}: {repository!r} is not a valid repository name"
         )
+    if tag is not None and not _TAG.fullmatch(tag):
+        raise ConversionError(f"{text!r}: {tag!r} is not a valid tag")
     return ImageReference(
         "docker", host=host, repository=repository, tag=tag, digest=digest
     )
@@ -982,6 +991,10 @@ def convert_image(
     dst_ref = (
         parse_reference(destination) if isinstance(destination, str) else destination
     )
+    if dst_ref.transport == "oci" and not oci:
+        # An OCI layout holds OCI media types; tools reading layouts (skopeo
+        # among them) do not look for Docker ones there.
+        oci = True
     if keep_diff_id and not external_toc:
         raise ConversionError("keep-diff-id needs an external TOC (--external-toc)")
     if keep_diff_id and prioritized_files:

@@ -269,7 +269,7 @@ class _Inflated(io.RawIOBase):
                         f"more than {cap} bytes"
                     )
         except NativeError as exc:
-            raise VerificationError(f"blob: {exc}") from exc
+            raise VerificationError(f"{self._member_owner(exc.offset)}{exc}") from exc
         failures: dict[int, str] = {}
         view = memoryview(out)
         for member, position in starts.items():
@@ -287,12 +287,20 @@ class _Inflated(io.RawIOBase):
                     failures[row] = f"digest {found}, the TOC says {expected}"
         return out, starts, failures
 
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
+    def _member_owner(self, offset: int) -> str:
+        """Who owns the member around a compressed offset, for messages."""
+        starts = [o for o in self._rows if o <= offset]
+        if not starts:
+            return ""
+        row = self._rows[max(starts)][0]
+        return f"{self.blob.toc._owner(row)}: gzip member at offset {max(starts)}: "
+
+    def _ready(self) -> bool:
+        """Make sure unread bytes are at hand; False at the end."""
         while not len(self._data):
             self._fill()
             if not self._queue:
-                return 0
+                return False
             self._base += self._group_size
             data, starts, failures = self._queue.popleft().result()
             self._group_size = len(data)
@@ -300,10 +308,34 @@ class _Inflated(io.RawIOBase):
                 self.starts.setdefault(member, self._base + position)
             self.failures.update(failures)
             self._data = memoryview(data)
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if not self._ready():
+            return 0
         n = min(len(view), len(self._data))
         view[:n] = self._data[:n]
         self._data = self._data[n:]
         return n
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            return self.readall()
+        if not self._ready():
+            return b""
+        piece = bytes(self._data[:size])
+        self._data = self._data[len(piece) :]
+        return piece
+
+    def skip(self, size: int) -> int:
+        """Pass over ``size`` bytes without copying them."""
+        done = 0
+        while done < size and self._ready():
+            n = min(size - done, len(self._data))
+            self._data = self._data[n:]
+            done += n
+        return done
 
     def close(self) -> None:
         for job in self._queue:
@@ -536,9 +568,7 @@ class Blob:
                 )
         members = _Inflated(self, threads or cpu_count())
         try:
-            return _StreamCheck(
-                self, members, io.BufferedReader(members, 1 << 20)
-            ).run()
+            return _StreamCheck(self, members, members).run()
         finally:
             members.close()
 

@@ -798,6 +798,30 @@ def _sorted_entries(
     return [*moved.values(), *landmark, *stream.values()], missing
 
 
+def _same_file(a: object, b: object) -> bool:
+    if not isinstance(a, (str, os.PathLike)) or not isinstance(b, (str, os.PathLike)):
+        return a is b and a is not None
+    if os.fspath(a) == "-" or os.fspath(b) == "-":
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _check_distinct(source: object, output: object, external_toc: object) -> None:
+    """Refuse to write over the input, or the blob and TOC into one file."""
+    if _same_file(source, output):
+        raise ConversionError(f"input and output are the same file: {output!s}")
+    if external_toc is not None:
+        if _same_file(external_toc, output):
+            raise ConversionError(
+                "the external TOC and the blob would be the same file"
+            )
+        if _same_file(external_toc, source):
+            raise ConversionError("the external TOC would overwrite the input")
+
+
 def _write_toc(
     builder: _BlobBuilder,
     records: list[TOCRecord],
@@ -912,6 +936,7 @@ def convert(
     threads = threads or cpu_count()
     if threads < 1:
         raise ConversionError(f"threads must be at least 1, got {threads}")
+    _check_distinct(source, output, external_toc)
 
     stack: list[Any] = []
     outputs: list[AtomicOutput] = []

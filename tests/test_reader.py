@@ -203,6 +203,25 @@ def test_null_entries_and_unknown_keys() -> None:
     assert toc.lookup("a") is not None
 
 
+def test_hardlink_chains_and_cycles_resolve_in_linear_time() -> None:
+    n = 50_000
+    entries: list[dict[str, Any]] = [{"name": "a", "type": "reg", "size": 0}]
+    entries += [
+        {"name": f"h{i}", "type": "hardlink", "linkName": f"h{i - 1}" if i else "a"}
+        for i in range(n)
+    ]
+    # A cycle (x0 -> x1 -> ... -> x0) and a link into it, both unresolvable.
+    entries += [{"name": f"x{i}", "type": "hardlink", "linkName": f"x{(i + 1) % 1000}"} for i in range(1000)]
+    entries += [{"name": "into", "type": "hardlink", "linkName": "x5"}]
+    toc = estargz.toc.TOC(json.dumps({"version": 1, "entries": entries}).encode(), 10)  # type: ignore[attr-defined]
+    a = toc.lookup("a")
+    assert a is not None and a.num_link == n + 1
+    last = toc.lookup(f"h{n - 1}")
+    assert last is not None and last.target is a
+    assert all(toc.lookup(f"x{i}").target is None for i in range(1000))  # type: ignore[union-attr]
+    assert toc.lookup("into").target is None  # type: ignore[union-attr]
+
+
 # -- hostile blobs ----------------------------------------------------------------
 
 

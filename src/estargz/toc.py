@@ -452,7 +452,9 @@ class TOC:
         self.by_name: dict[str, TOCEntry] = {}
         for entry in self.entries:
             self.by_name[entry.name] = entry
+        self._link_memo: dict[str, Optional[TOCEntry]] = {}
         self.root = self._tree()
+        del self._link_memo
 
     def _check_chunks(self, payload_end: int) -> None:
         chunks = self.chunks
@@ -535,18 +537,25 @@ class TOC:
 
     def _resolve(self, entry: TOCEntry) -> Optional[TOCEntry]:
         """A hardlink's final target, following chains; None when missing or
-        circular."""
+        circular.  Every link met on the way resolves to the same answer, so
+        all of them are remembered: long chains cost linear time."""
+        memo = self._link_memo
+        path: list[str] = []
         seen = {entry.name}
-        current = entry
-        while current.type == "hardlink":
+        current: Optional[TOCEntry] = entry
+        while current is not None and current.type == "hardlink":
             name = clean_name(current.link_name)
+            if name in memo:
+                current = memo[name]
+                break
             if name in seen:
-                return None
+                current = None
+                break
             seen.add(name)
-            found = self.by_name.get(name)
-            if found is None:
-                return None
-            current = found
+            path.append(name)
+            current = self.by_name.get(name)
+        for name in path:
+            memo[name] = current
         return current
 
     def lookup(self, name: str) -> Optional[TOCEntry]:

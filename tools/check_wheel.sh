@@ -11,8 +11,8 @@ out="$REPO/build/wheel-check"
 rm -rf "$out"
 mkdir -p "$out/dist" "$out/wheelhouse"
 
-log "building the wheel"
-"$PYTHON" -m pip wheel -q --no-deps -w "$out/dist" "$REPO"
+log "building the wheel (compiler warnings are errors here)"
+ESTARGZ_WERROR=1 "$PYTHON" -m pip wheel -q --no-deps -w "$out/dist" "$REPO"
 
 log "repairing it with auditwheel"
 "$PYTHON" -m venv "$out/tools"

@@ -462,7 +462,7 @@ cdef class MemberCompressor:
         cdef bint opens
         cdef int kind
         cdef int status = 0
-        if kinds.shape[0] != count:
+        if <size_t>kinds.shape[0] != count:
             raise ValueError("kinds must have one entry per segment")
         if begin < 0 or <size_t>begin > total:
             raise ValueError(f"begin {begin} is outside the data")
@@ -486,9 +486,9 @@ cdef class MemberCompressor:
                     raise ValueError(f"hash span {i} is outside the data")
         memset(&out, 0, sizeof(OutBuf))
         # At most one piece per segment.
-        pieces = <uint64_t *>malloc(max(count, 1) * 4 * sizeof(uint64_t))
-        positions = <uint64_t *>malloc(max(count, 1) * 2 * sizeof(uint64_t))
-        digests = <uint8_t *>malloc(max(spans, 1) * 32)
+        pieces = <uint64_t *>malloc((count + (count == 0)) * 4 * sizeof(uint64_t))
+        positions = <uint64_t *>malloc((count + (count == 0)) * 2 * sizeof(uint64_t))
+        digests = <uint8_t *>malloc((spans + (spans == 0)) * 32)
         if pieces == NULL or positions == NULL or digests == NULL:
             free(pieces)
             free(positions)

@@ -85,6 +85,51 @@ def test_one_compressor_serves_thousands_of_members(rng: random.Random) -> None:
     assert compressor.compress(pieces[7]) == members[7]
 
 
+def prose(rng: random.Random, size: int) -> bytes:
+    """Text from a small vocabulary: many long-distance matches, as in
+    source files."""
+    words = [bytes(rng.choices(b"abcdefghij", k=rng.randint(2, 9))) for _ in range(3000)]
+    out = bytearray()
+    while len(out) < size:
+        out += rng.choice(words) + (b"\n" if rng.random() < 0.1 else b" ")
+    return bytes(out[:size])
+
+
+def test_earlier_work_never_shapes_the_output(rng: random.Random) -> None:
+    """A state that compressed something else first gives the same bytes as a
+    fresh one, also on the paths that sync-flush mid-member and carry on
+    (min-chunk grouping, continuations, primed segments, MemberWriter.flush):
+    zlib-ng's reset keeps old window bytes that such streams can read."""
+    import array
+
+    def layer(comp: _native.MemberCompressor, data: bytes, begin: int = 0) -> bytes:
+        ends = array.array("Q", [*range(begin + 1000, len(data), 1000), len(data)])
+        kinds = bytes(
+            [_native.KIND_CONTINUATION if begin else _native.KIND_START]
+            + [_native.KIND_CHUNK] * (len(ends) - 1)
+        )
+        return comp.compress_layer(data, begin, ends, kinds, 20000, begin == 0)[0]
+
+    def written(writer: _native.MemberWriter, data: bytes) -> bytes:
+        out = b"".join(writer.write(data[i : i + 700]) + writer.flush() for i in range(0, len(data), 700))
+        return out + writer.finish()
+
+    for _ in range(6):
+        data, other = prose(rng, 1 << 19), prose(rng, 1 << 19)
+        used = _native.MemberCompressor(9)
+        layer(used, other)
+        assert layer(used, data) == layer(_native.MemberCompressor(9), data)
+        layer(used, other, 40000)
+        assert layer(used, data, 40000) == layer(_native.MemberCompressor(9), data, 40000)
+        used.compress_segment(other, dictionary=other[:50000])
+        assert used.compress_segment(data[50000:], dictionary=data[:50000]) == _native.MemberCompressor(
+            9
+        ).compress_segment(data[50000:], dictionary=data[:50000])
+        writer = _native.MemberWriter(9)
+        written(writer, other)
+        assert written(writer, data) == written(_native.MemberWriter(9), data)
+
+
 def test_level_is_checked() -> None:
     with pytest.raises(ValueError, match="compression level must be 0-9, got 10"):
         _native.MemberCompressor(10)

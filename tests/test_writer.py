@@ -176,6 +176,30 @@ def test_large_layer_is_reproducible_across_threads(tmp_path: Path, rng: Any) ->
         check_blob(out, None, source, result)
 
 
+def test_text_layer_with_small_chunks_is_reproducible(tmp_path: Path, rng: Any) -> None:
+    # Compressible text, many chunk boundaries inside members: the case where
+    # a reused deflate state once leaked into the output.
+    words = [bytes(rng.choices(b"abcdefghij", k=rng.randint(2, 9))) for _ in range(3000)]
+
+    def text(size: int) -> bytes:
+        return b" ".join(rng.choice(words) for _ in range(size // 6))[:size]
+
+    files = [(f"src/f{i}.txt", text(rng.randrange(1000, 60_000))) for i in range(120)]
+    source = make_tar(files)
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(source)
+    for options in (
+        {"chunk_size": 1000, "min_chunk_size": 20_000},
+        {"chunk_size": 3000, "min_chunk_size": 40_000, "compression_level": 1},
+    ):
+        blobs = set()
+        for threads in (1, 2, 3, 2, 3):
+            out, result, _ = convert(layer, tmp_path, f"txt{threads}", threads=threads, **options)
+            blobs.add(out.read_bytes())
+        assert len(blobs) == 1, options
+        check_blob(out, None, source, result)
+
+
 def test_matches_the_go_reference_toc(tmp_path: Path) -> None:
     """For Go's own test input, every mode gives Go's TOC but for offsets."""
     expected = json.loads((GO_BLOBS / "expected.json").read_text())

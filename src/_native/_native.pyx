@@ -227,6 +227,21 @@ cdef int compress_member(zng_stream *strm, int level, const uint8_t *src, size_t
     return 0
 
 
+cdef int renew_deflate(zng_stream *strm, int level) noexcept nogil:
+    """Replace ``strm`` by a freshly initialised deflate state.
+
+    ``zng_deflateReset`` keeps the window's old bytes (and its high-water
+    mark), and the hashes deflate inserts at a sync flush read a byte past
+    the data given so far.  A stream that flushes mid-member and carries on,
+    or starts from a dictionary, could then depend on what the state
+    compressed before; from a fresh state it cannot.  Plain members (one
+    Z_FINISH) are unaffected and keep the cheap reset.
+    """
+    zng_deflateEnd(strm)
+    memset(strm, 0, sizeof(zng_stream))
+    return zng_deflateInit2(strm, level, Z_DEFLATED, RAW_WINDOW, 8, Z_DEFAULT_STRATEGY)
+
+
 cdef object make_error(int status, str context, uint64_t offset, const char *zmsg):
     if status == Z_MEM_ERROR or status == ERR_NOMEM:
         return MemoryError(f"{context}: out of memory")
@@ -328,17 +343,22 @@ cdef class MemberCompressor:
         memset(&self.strm, 0, sizeof(zng_stream))
 
     def __init__(self, int level=9):
+        cdef int ret
         check_level(level)
-        if self.ready:
-            zng_deflateEnd(&self.strm)
-            self.ready = False
-            memset(&self.strm, 0, sizeof(zng_stream))
-        cdef int ret = zng_deflateInit2(&self.strm, level, Z_DEFLATED, RAW_WINDOW, 8,
-                                        Z_DEFAULT_STRATEGY)
-        if ret != Z_OK:
-            raise make_error(ret, "deflate init", 0, self.strm.msg)
-        self.level = level
-        self.ready = True
+        enter(&self.busy)
+        try:
+            if self.ready:
+                zng_deflateEnd(&self.strm)
+                self.ready = False
+                memset(&self.strm, 0, sizeof(zng_stream))
+            ret = zng_deflateInit2(&self.strm, level, Z_DEFLATED, RAW_WINDOW, 8,
+                                   Z_DEFAULT_STRATEGY)
+            if ret != Z_OK:
+                raise make_error(ret, "deflate init", 0, self.strm.msg)
+            self.level = level
+            self.ready = True
+        finally:
+            self.busy = False
 
     def __dealloc__(self):
         if self.ready:
@@ -400,10 +420,13 @@ cdef class MemberCompressor:
         enter(&self.busy)
         try:
             with nogil:
-                zng_deflateReset(&self.strm)
                 if primer_size:
-                    status = zng_deflateSetDictionary(&self.strm, primer_ptr,
-                                                      <uint32_t>primer_size)
+                    status = renew_deflate(&self.strm, self.level)
+                    if status == Z_OK:
+                        status = zng_deflateSetDictionary(&self.strm, primer_ptr,
+                                                          <uint32_t>primer_size)
+                else:
+                    zng_deflateReset(&self.strm)
                 if status == Z_OK:
                     status = deflate_all(&self.strm, src, size,
                                          Z_FINISH if last else Z_SYNC_FLUSH, &out)
@@ -525,7 +548,12 @@ cdef class MemberCompressor:
                             pieces[4 * piece_count + 2] = piece_crc
                             pieces[4 * piece_count + 3] = piece_flags | 2
                             piece_count += 1
-                        zng_deflateReset(&self.strm)
+                        if min_chunk_size or kind == SEGMENT_CONTINUATION:
+                            status = renew_deflate(&self.strm, self.level)
+                            if status:
+                                break
+                        else:
+                            zng_deflateReset(&self.strm)
                         piece_open = True
                         piece_out_start = out.size
                         piece_usize = 0
@@ -602,17 +630,22 @@ cdef class MemberWriter:
         memset(&self.strm, 0, sizeof(zng_stream))
 
     def __init__(self, int level=9):
+        cdef int ret
         check_level(level)
-        if self.ready:
-            zng_deflateEnd(&self.strm)
-            self.ready = False
-            memset(&self.strm, 0, sizeof(zng_stream))
-        cdef int ret = zng_deflateInit2(&self.strm, level, Z_DEFLATED, RAW_WINDOW, 8,
-                                        Z_DEFAULT_STRATEGY)
-        if ret != Z_OK:
-            raise make_error(ret, "deflate init", 0, self.strm.msg)
-        self.level = level
-        self.ready = True
+        enter(&self.busy)
+        try:
+            if self.ready:
+                zng_deflateEnd(&self.strm)
+                self.ready = False
+                memset(&self.strm, 0, sizeof(zng_stream))
+            ret = zng_deflateInit2(&self.strm, level, Z_DEFLATED, RAW_WINDOW, 8,
+                                   Z_DEFAULT_STRATEGY)
+            if ret != Z_OK:
+                raise make_error(ret, "deflate init", 0, self.strm.msg)
+            self.level = level
+            self.ready = True
+        finally:
+            self.busy = False
 
     def __dealloc__(self):
         if self.ready:
@@ -677,7 +710,16 @@ cdef class MemberWriter:
     def finish(self):
         """End the member: return its last bytes and trailer, then reset."""
         tail = self._run(NULL, 0, Z_FINISH)
-        zng_deflateReset(&self.strm)
+        # Fresh, not reset: a member written with flush() in between must not
+        # shape the next one (see renew_deflate).
+        enter(&self.busy)
+        try:
+            status = renew_deflate(&self.strm, self.level)
+            if status != Z_OK:
+                self.ready = False
+                raise make_error(status, "deflate init", 0, self.strm.msg)
+        finally:
+            self.busy = False
         self.started = False
         self.crc = 0
         self.consumed = 0

@@ -88,7 +88,9 @@ def test_one_compressor_serves_thousands_of_members(rng: random.Random) -> None:
 def prose(rng: random.Random, size: int) -> bytes:
     """Text from a small vocabulary: many long-distance matches, as in
     source files."""
-    words = [bytes(rng.choices(b"abcdefghij", k=rng.randint(2, 9))) for _ in range(3000)]
+    words = [
+        bytes(rng.choices(b"abcdefghij", k=rng.randint(2, 9))) for _ in range(3000)
+    ]
     out = bytearray()
     while len(out) < size:
         out += rng.choice(words) + (b"\n" if rng.random() < 0.1 else b" ")
@@ -111,7 +113,10 @@ def test_earlier_work_never_shapes_the_output(rng: random.Random) -> None:
         return comp.compress_layer(data, begin, ends, kinds, 20000, begin == 0)[0]
 
     def written(writer: _native.MemberWriter, data: bytes) -> bytes:
-        out = b"".join(writer.write(data[i : i + 700]) + writer.flush() for i in range(0, len(data), 700))
+        out = b"".join(
+            writer.write(data[i : i + 700]) + writer.flush()
+            for i in range(0, len(data), 700)
+        )
         return out + writer.finish()
 
     for _ in range(6):
@@ -120,11 +125,15 @@ def test_earlier_work_never_shapes_the_output(rng: random.Random) -> None:
         layer(used, other)
         assert layer(used, data) == layer(_native.MemberCompressor(9), data)
         layer(used, other, 40000)
-        assert layer(used, data, 40000) == layer(_native.MemberCompressor(9), data, 40000)
+        assert layer(used, data, 40000) == layer(
+            _native.MemberCompressor(9), data, 40000
+        )
         used.compress_segment(other, dictionary=other[:50000])
-        assert used.compress_segment(data[50000:], dictionary=data[:50000]) == _native.MemberCompressor(
-            9
-        ).compress_segment(data[50000:], dictionary=data[:50000])
+        assert used.compress_segment(
+            data[50000:], dictionary=data[:50000]
+        ) == _native.MemberCompressor(9).compress_segment(
+            data[50000:], dictionary=data[:50000]
+        )
         writer = _native.MemberWriter(9)
         written(writer, other)
         assert written(writer, data) == written(_native.MemberWriter(9), data)
@@ -528,3 +537,105 @@ def test_sharing_one_object_between_threads_is_refused() -> None:
     for t in threads:
         t.join()
     assert refused == ["this object is in use by another thread"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["compressor", "writer", "digest", "copy"])
+def test_an_object_in_use_cannot_be_reset_or_read(kind: str) -> None:
+    """Re-running __init__, digest() or copy() while another thread works on
+    the object raises instead of freeing or reading state under it."""
+    big = bytes(128 << 20)
+    obj: object
+    if kind == "compressor":
+        obj = _native.MemberCompressor(1)
+        work, poke = (lambda: obj.compress(big)), (lambda: obj.__init__(1))  # type: ignore[attr-defined,misc]
+    elif kind == "writer":
+        obj = _native.MemberWriter(1)
+        work, poke = (lambda: obj.write(big)), (lambda: obj.__init__(1))  # type: ignore[attr-defined,misc]
+    else:
+        obj = _native.Sha256()
+        work = lambda: obj.update(big)  # type: ignore[attr-defined]  # noqa: E731
+        poke = (lambda: obj.digest()) if kind == "digest" else (lambda: obj.copy())  # type: ignore[attr-defined]
+    started = threading.Event()
+    done = threading.Event()
+
+    def run() -> None:
+        started.set()
+        work()
+        done.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    started.wait()
+    refused = 0
+    while not done.is_set():
+        try:
+            poke()
+        except RuntimeError as exc:
+            assert "in use by another thread" in str(exc)
+            refused += 1
+    thread.join()
+    assert refused  # the work lasts long enough to be caught busy
+
+
+def test_none_is_not_an_empty_buffer() -> None:
+    import array
+
+    member = member_of(b"abc")
+    calls = [
+        lambda: _native.MemberCompressor(6).compress(None),  # type: ignore[arg-type]
+        lambda: _native.MemberCompressor(6).compress_segment(None),  # type: ignore[arg-type]
+        lambda: _native.MemberCompressor(6).compress_layer(
+            None, 0, array.array("Q"), b"", 0, False
+        ),  # type: ignore[arg-type]
+        lambda: _native.MemberWriter(6).write(None),  # type: ignore[arg-type]
+        lambda: _native.crc32(None),  # type: ignore[arg-type]
+        lambda: _native.inflate_member(None),  # type: ignore[arg-type]
+        lambda: _native.inflate_stream(None),  # type: ignore[arg-type]
+        lambda: _native.Sha256().update(None),  # type: ignore[arg-type]
+        lambda: _native.Sha256().update_with(None, b"abc"),  # type: ignore[arg-type]
+        lambda: _native.GzipReader(io.BytesIO(member)).readinto(None),
+    ]
+    for call in calls:
+        with pytest.raises(TypeError):
+            call()
+
+
+def test_inflate_arguments_are_checked() -> None:
+    member = member_of(b"abc" * 100)
+    with pytest.raises(ValueError, match="size must be -1"):
+        _native.inflate_member(member, size=-2)
+    with pytest.raises(ValueError, match="max_output must not be negative"):
+        _native.inflate_stream(member, max_output=-5)
+    assert _native.inflate_stream(member, max_output=2**63 - 1) == b"abc" * 100
+
+
+def test_a_claimed_size_does_not_allocate_memory() -> None:
+    # A TOC may claim a chunk of a terabyte; memory follows what the member
+    # really holds.
+    member = member_of(b"x" * 5000)
+    with pytest.raises(estargz.NativeError, match="ends before uncompressed byte"):
+        _native.inflate_member(member, size=2**40, max_output=2**40)
+    big = bytes(range(256)) * 40_000  # 10 MiB: the growing path
+    assert _native.inflate_member(member_of(big), skip=7, size=len(big) - 7) == big[7:]
+    with pytest.raises(estargz.NativeError, match="ends before uncompressed byte"):
+        _native.inflate_member(member_of(big), skip=7, size=len(big))
+
+
+def test_gzip_reader_refuses_a_source_that_lies_about_its_count() -> None:
+    member = member_of(bytes(1000))
+
+    class Liar(io.RawIOBase):
+        def readinto(self, buffer: object) -> int:
+            memoryview(buffer)[:15] = member[:15]  # type: ignore[call-overload]
+            return 1 << 30
+
+    with pytest.raises(ValueError, match="readinto returned 1073741824"):
+        _native.GzipReader(Liar()).read()
+
+    class Greedy:
+        def read(self, size: int) -> bytes:
+            return bytes(size + 10)
+
+    with pytest.raises(ValueError, match="bytes, .* were asked for"):
+        _native.GzipReader(Greedy()).read()

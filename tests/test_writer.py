@@ -179,7 +179,9 @@ def test_large_layer_is_reproducible_across_threads(tmp_path: Path, rng: Any) ->
 def test_text_layer_with_small_chunks_is_reproducible(tmp_path: Path, rng: Any) -> None:
     # Compressible text, many chunk boundaries inside members: the case where
     # a reused deflate state once leaked into the output.
-    words = [bytes(rng.choices(b"abcdefghij", k=rng.randint(2, 9))) for _ in range(3000)]
+    words = [
+        bytes(rng.choices(b"abcdefghij", k=rng.randint(2, 9))) for _ in range(3000)
+    ]
 
     def text(size: int) -> bytes:
         return b" ".join(rng.choice(words) for _ in range(size // 6))[:size]
@@ -194,7 +196,9 @@ def test_text_layer_with_small_chunks_is_reproducible(tmp_path: Path, rng: Any) 
     ):
         blobs = set()
         for threads in (1, 2, 3, 2, 3):
-            out, result, _ = convert(layer, tmp_path, f"txt{threads}", threads=threads, **options)
+            out, result, _ = convert(
+                layer, tmp_path, f"txt{threads}", threads=threads, **options
+            )
             blobs.add(out.read_bytes())
         assert len(blobs) == 1, options
         check_blob(out, None, source, result)

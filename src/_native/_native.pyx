@@ -74,6 +74,8 @@ cdef int GZIP_WINDOW = 31
 cdef size_t SKIP_BUFFER = 1 << 16
 # Below this size hashing is cheaper than releasing the GIL.
 cdef size_t NOGIL_HASH_MIN = 4096
+# inflate_member allocates a result of up to this size before inflating.
+cdef Py_ssize_t DIRECT_INFLATE_MAX = 1 << 22
 
 DEFAULT_MAX_OUTPUT = 1 << 28
 """Default cap on the bytes one inflate call may return (256 MiB)."""
@@ -288,7 +290,7 @@ def _force_portable_sha256(bint on):
     esgz_sha256_force_portable(on)
 
 
-def crc32(const uint8_t[::1] data, uint32_t value=0):
+def crc32(const uint8_t[::1] data not None, uint32_t value=0):
     """Return the CRC-32 of ``data``, continuing from ``value``.
 
     Releases the GIL.
@@ -364,7 +366,7 @@ cdef class MemberCompressor:
         if self.ready:
             zng_deflateEnd(&self.strm)
 
-    def compress(self, const uint8_t[::1] data):
+    def compress(self, const uint8_t[::1] data not None):
         """Return one complete gzip member holding ``data``.
 
         Releases the GIL.
@@ -385,7 +387,7 @@ cdef class MemberCompressor:
         finally:
             self.busy = False
 
-    def compress_segment(self, const uint8_t[::1] data, dictionary=None,
+    def compress_segment(self, const uint8_t[::1] data not None, dictionary=None,
                          bint last=False):
         """Return ``(segment, crc)``: ``data`` as raw deflate, and its CRC-32.
 
@@ -438,8 +440,9 @@ cdef class MemberCompressor:
         finally:
             self.busy = False
 
-    def compress_layer(self, const uint8_t[::1] data, Py_ssize_t begin,
-                       const uint64_t[::1] ends, const uint8_t[::1] kinds,
+    def compress_layer(self, const uint8_t[::1] data not None, Py_ssize_t begin,
+                       const uint64_t[::1] ends not None,
+                       const uint8_t[::1] kinds not None,
                        uint64_t min_chunk_size, bint open_at_end,
                        const uint64_t[::1] hash_spans=None):
         """Compress a batch of a layer's stream into gzip member bodies, choosing
@@ -695,7 +698,7 @@ cdef class MemberWriter:
         finally:
             self.busy = False
 
-    def write(self, const uint8_t[::1] data):
+    def write(self, const uint8_t[::1] data not None):
         """Compress ``data`` into the member; return the bytes ready so far.
 
         Releases the GIL.
@@ -800,7 +803,8 @@ cdef int check_gzip_magic(const uint8_t *src, size_t size) noexcept nogil:
     return 0
 
 
-def inflate_member(const uint8_t[::1] data, Py_ssize_t offset=0, Py_ssize_t skip=0,
+def inflate_member(const uint8_t[::1] data not None, Py_ssize_t offset=0,
+                   Py_ssize_t skip=0,
                    Py_ssize_t size=-1, Py_ssize_t max_output=DEFAULT_MAX_OUTPUT):
     """Inflate the gzip member that starts at ``data[offset]``.
 
@@ -826,10 +830,13 @@ def inflate_member(const uint8_t[::1] data, Py_ssize_t offset=0, Py_ssize_t skip
     cdef OutBuf out
     cdef bytes result
     cdef uint8_t *dst
+    cdef size_t limit
     if offset < 0 or <size_t>offset > total:
         raise ValueError(f"offset {offset} is outside the {total}-byte buffer")
     if skip < 0:
         raise ValueError("skip must not be negative")
+    if size < -1:
+        raise ValueError("size must be -1 (the rest of the member) or more")
     if max_output < 0:
         raise ValueError("max_output must not be negative")
     if size > max_output:
@@ -849,7 +856,8 @@ def inflate_member(const uint8_t[::1] data, Py_ssize_t offset=0, Py_ssize_t skip
     if status != Z_OK:
         raise make_error(status, "inflate init", offset, strm.msg)
     try:
-        if size > 0:
+        if 0 < size <= DIRECT_INFLATE_MAX:
+            # The common case, a chunk: straight into the result.
             result = PyBytes_FromStringAndSize(NULL, size)
             dst = <uint8_t *>PyBytes_AS_STRING(result)
             with nogil:
@@ -866,28 +874,35 @@ def inflate_member(const uint8_t[::1] data, Py_ssize_t offset=0, Py_ssize_t skip
                 raise make_error(status, "inflate", offset + consumed, strm.msg)
             return result
 
-        # Whole rest of the member, capped.
+        # The rest of the member (capped), or a large ``size``: the buffer
+        # grows with what the member really holds, never with what the
+        # caller (a TOC, say) claims.
+        limit = <size_t>size if size > 0 else <size_t>max_output + 1
         memset(&out, 0, sizeof(OutBuf))
         try:
             with nogil:
                 status = inflate_range(&strm, src, total, &consumed, skip, NULL, 0,
                                        &produced, &ended)
-                while status == 0 and not ended:
-                    if out.size >= <size_t>max_output + 1:
-                        status = ERR_OUTPUT_CAP
-                        break
-                    status = outbuf_reserve(&out, min(<size_t>1 << 20,
-                                                      max_output + 1 - out.size))
+                while status == 0 and not ended and out.size < limit:
+                    status = outbuf_reserve(
+                        &out, min(<size_t>1 << 20, limit - out.size))
                     if status:
                         break
                     produced = out.size
                     status = inflate_step(&strm, src, total, &consumed, out.data,
-                                          min(out.capacity, <size_t>max_output + 1),
+                                          min(out.capacity, limit),
                                           &produced, &ended)
                     if status == 0 and produced == out.size and not ended:
                         status = ERR_TRUNCATED
                     out.size = produced
-            if status == 0 and out.size > <size_t>max_output:
+            if status == 0 and size > 0 and out.size < limit:
+                status = ERR_SHORT if ended or consumed < total else ERR_TRUNCATED
+                if status == ERR_SHORT:
+                    raise NativeError(
+                        f"inflate: gzip member at offset {offset} ends before "
+                        f"uncompressed byte {skip + size} (skip {skip}, size {size})",
+                        0, offset + consumed)
+            if status == 0 and size < 0 and out.size > <size_t>max_output:
                 status = ERR_OUTPUT_CAP
             if status == ERR_SHORT:
                 raise NativeError(
@@ -980,13 +995,20 @@ cdef class GzipReader:
         self.consumed_before += self.in_pos
         self.in_pos = 0
         self.in_len = left
+        cdef Py_ssize_t room = len(self.inbuf) - left
         reader = getattr(self.source, "readinto", None)
         if reader is not None:
             n = reader(self.inview[left:])
+            if n is not None and not (0 <= n <= room):
+                raise ValueError(
+                    f"the source's readinto returned {n!r} for a {room}-byte buffer")
             got = 0 if n is None else n
         else:
-            block = self.source.read(len(self.inbuf) - left)
+            block = self.source.read(room)
             got = len(block)
+            if got > room:
+                raise ValueError(
+                    f"the source's read returned {got} bytes, {room} were asked for")
             self.inview[left:left + got] = block
         if got <= 0:
             self.source_done = True
@@ -1029,6 +1051,8 @@ cdef class GzipReader:
 
         Releases the GIL while inflating.
         """
+        if buffer is None:
+            raise TypeError("readinto needs a writable buffer, not None")
         cdef uint8_t[::1] target = buffer
         cdef size_t want = target.shape[0]
         cdef size_t produced = 0
@@ -1084,7 +1108,8 @@ cdef class GzipReader:
         return bytes(chunk)
 
 
-def inflate_stream(const uint8_t[::1] data, Py_ssize_t max_output=DEFAULT_MAX_OUTPUT):
+def inflate_stream(const uint8_t[::1] data not None,
+                   Py_ssize_t max_output=DEFAULT_MAX_OUTPUT):
     """Inflate a whole multi-member gzip stream held in ``data``.
 
     Every member's CRC-32 and length are checked; NUL padding after the last
@@ -1096,12 +1121,14 @@ def inflate_stream(const uint8_t[::1] data, Py_ssize_t max_output=DEFAULT_MAX_OU
     Releases the GIL.
     """
     import io
+    if max_output < 0:
+        raise ValueError("max_output must not be negative")
     block = max(64, min(data.shape[0], 1 << 20))
     reader = GzipReader(io.BytesIO(data), block_size=block)
     parts = []
     total = 0
     while True:
-        part = reader.read(min(1 << 20, max_output + 1 - total))
+        part = reader.read(min(1 << 20, max_output - total + 1))
         if not part:
             return b"".join(parts)
         total += len(part)
@@ -1133,7 +1160,7 @@ cdef class Sha256:
         if data is not None:
             self.update(data)
 
-    def update(self, const uint8_t[::1] data):
+    def update(self, const uint8_t[::1] data not None):
         """Hash ``data`` after everything hashed so far."""
         cdef size_t size = data.shape[0]
         if size == 0:
@@ -1148,7 +1175,8 @@ cdef class Sha256:
         finally:
             self.busy = False
 
-    def update_with(self, Sha256 other, const uint8_t[::1] data, Sha256 third=None):
+    def update_with(self, Sha256 other not None, const uint8_t[::1] data not None,
+                    Sha256 third=None):
         """Hash ``data`` into this state, ``other`` (and ``third``) in one pass.
 
         The CPU's SHA instructions run the round chains side by side, so this
@@ -1188,7 +1216,9 @@ cdef class Sha256:
     def digest(self):
         """Return the 32-byte digest of everything hashed so far."""
         cdef uint8_t out[32]
+        enter(&self.busy)
         esgz_sha256_digest(&self.ctx, out)
+        self.busy = False
         return PyBytes_FromStringAndSize(<char *>out, 32)
 
     def hexdigest(self):
@@ -1198,7 +1228,9 @@ cdef class Sha256:
     def copy(self):
         """Return an independent copy of this hash state."""
         cdef Sha256 other = Sha256.__new__(Sha256)
+        enter(&self.busy)
         other.ctx = self.ctx
+        self.busy = False
         return other
 
     @property

@@ -211,7 +211,10 @@ def test_hardlink_chains_and_cycles_resolve_in_linear_time() -> None:
         for i in range(n)
     ]
     # A cycle (x0 -> x1 -> ... -> x0) and a link into it, both unresolvable.
-    entries += [{"name": f"x{i}", "type": "hardlink", "linkName": f"x{(i + 1) % 1000}"} for i in range(1000)]
+    entries += [
+        {"name": f"x{i}", "type": "hardlink", "linkName": f"x{(i + 1) % 1000}"}
+        for i in range(1000)
+    ]
     entries += [{"name": "into", "type": "hardlink", "linkName": "x5"}]
     toc = estargz.toc.TOC(json.dumps({"version": 1, "entries": entries}).encode(), 10)  # type: ignore[attr-defined]
     a = toc.lookup("a")
@@ -250,6 +253,30 @@ def blob_with_toc(toc_json: bytes, payload: bytes = b"") -> bytes:
 def test_garbled_footers(tail: bytes, message: str) -> None:
     with pytest.raises(estargz.BlobFormatError, match=message):
         open_blob(b"x" * 100 + tail if tail else b"")
+
+
+@pytest.mark.parametrize(
+    "digits",
+    [
+        b"0_00_00_00_00_0a",  # int() takes underscores, Go's ParseInt does not
+        b"              0a",
+        b"0a              ",
+        b"+00000000000000a",
+        b"-00000000000000a",
+        b"0x0000000000000a",
+        b"\t00000000000000a",
+        b"000000000000000\n",
+    ],
+)
+def test_footer_offset_is_exactly_sixteen_hex_digits(digits: bytes) -> None:
+    assert len(digits) == 16
+    for make, size in ((footer, 51), (legacy_footer, 47)):
+        tail = make(10).replace(b"000000000000000a", digits)
+        assert len(tail) == size
+        with pytest.raises(estargz.BlobFormatError, match="is not hexadecimal"):
+            parse_footer(tail)
+        with pytest.raises(estargz.BlobFormatError, match="is not hexadecimal"):
+            open_blob(b"x" * 100 + tail)
 
 
 def test_footer_parser_directly() -> None:

@@ -15,6 +15,7 @@ import collections
 import io
 import logging
 import os
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -65,13 +66,15 @@ class VerifyReport:
     members: int
 
 
+_HEX16 = re.compile(rb"[0-9a-fA-F]{16}")
+
+
 def _hex_offset(text: bytes, where: str) -> int:
-    try:
-        return int(text.decode("ascii"), 16)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BlobFormatError(
-            f"{where}: TOC offset {text!r} is not hexadecimal"
-        ) from exc
+    # Sixteen hex digits, nothing else: int() would also take spaces, a sign
+    # and underscores, which no writer puts there.
+    if not _HEX16.fullmatch(text):
+        raise BlobFormatError(f"{where}: TOC offset {text!r} is not hexadecimal")
+    return int(text, 16)
 
 
 def _gzip_extra(tail: bytes) -> Optional[bytes]:

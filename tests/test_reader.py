@@ -225,6 +225,42 @@ def test_hardlink_chains_and_cycles_resolve_in_linear_time() -> None:
     assert toc.lookup("into").target is None  # type: ignore[union-attr]
 
 
+def test_deep_paths_build_and_walk_without_recursion() -> None:
+    # Far deeper than Python's recursion limit, parents left for the reader
+    # to make up.
+    depth = 5000
+    name = "d/" * depth + "f"
+    toc = estargz.toc.TOC(  # type: ignore[attr-defined]
+        json.dumps({"version": 1, "entries": [{"name": name, "type": "dir"}]}).encode(),
+        10,
+    )
+    walked = [path for path, _ in toc.walk()]
+    assert len(walked) == depth + 1 and walked[-1] == name
+    parent = toc.lookup("d/" * (depth - 1) + "d")
+    assert parent is not None and parent.mode == 0o755
+    assert list(parent.children or {}) == ["f"]
+    assert toc.root.children is not None and list(toc.root.children) == ["d"]
+
+
+def test_made_up_parents_are_bounded() -> None:
+    # The made-up parents of a name n characters deep take n**2 / 4
+    # characters of names: a TOC of a few such entries would take gigabytes.
+    deep = "d/" * 20_000
+    entries = [{"name": f"{i}/{deep}f", "type": "reg"} for i in range(3)]
+    with pytest.raises(
+        estargz.BlobFormatError,
+        match=r"TOC: '0/d/d/.*/f': the parent directories the TOC leaves out have "
+        r"names of more than \d+ characters together",
+    ):
+        estargz.toc.TOC(json.dumps({"version": 1, "entries": entries}).encode(), 10)  # type: ignore[attr-defined]
+    # Listed in the TOC, they cost nothing more than the TOC.
+    listed = [{"name": "d/" * i, "type": "dir"} for i in range(1, 3000)]
+    toc = estargz.toc.TOC(  # type: ignore[attr-defined]
+        json.dumps({"version": 1, "entries": listed}).encode(), 10
+    )
+    assert len(list(toc.walk())) == 2999
+
+
 # -- hostile blobs ----------------------------------------------------------------
 
 
@@ -323,11 +359,134 @@ def test_footer_parser_directly() -> None:
             "xattr 'k' is not base64",
         ),
         (b"[" * 100000, "bad JSON|nested too deeply"),
+        # Numbers: Go int64s, never wider; a version is small.
+        (
+            b'{"version": 1, "entries": [{"name": "a", "type": "reg", "size": 1'
+            + b"0" * 400
+            + b"}]}",
+            r"entry 0 \('a'\): size \(1329-bit number\) is larger than "
+            r"9223372036854775807",
+        ),
+        (
+            b'{"version": 1, "entries": [{"name": "a", "type": "reg", "size": 1'
+            + b"0" * 100_000
+            + b"}]}",
+            r"TOC entry 0 \(at character 27\): .*100001 digits",
+        ),
+        (
+            b'{"version": 1, "entries": [{"name": "ok", "type": "dir"}, '
+            b'{"name": "a", "type": "dir", "x": [1' + b"0" * 5000 + b"]}]}",
+            r"TOC entry 1 \(at character \d+\): .*5001 digits",
+        ),
+        (
+            b'{"version": 1' + b"0" * 5000 + b', "entries": []}',
+            r"TOC: 'version' \(at character 12\): .*5001 digits",
+        ),
+        (
+            b'{"version": 2147483648, "entries": []}',
+            r"version 2147483648 is out of range",
+        ),
+        (b'{"version": -1, "entries": []}', r"version -1 is out of range"),
+        (b'{"version": true, "entries": []}', r"version True is not an integer"),
+        (
+            b'{"version": 1, "entries": [{"name": "a", "type": "reg", "size": 5, '
+            b'"offset": 9223372036854775808}]}',
+            r"'a'\): offset 9223372036854775808 is larger than 9223372036854775807",
+        ),
+        (
+            b'{"version": 1, "entries": [{"name": "a", "type": "dir", '
+            b'"uid": 18446744073709551616}]}',
+            r"'a'\): uid 18446744073709551616 is larger",
+        ),
+        (
+            b'{"version": 1, "entries": [{"name": "a", "type": "char", '
+            b'"devMajor": 1e3}]}',
+            r"'a'\): devMajor 1000.0 is not a non-negative integer",
+        ),
+        (
+            b'{"version": 1, "entries": [{"name": "a", "type": "reg", "size": 10, '
+            b'"chunkSize": 4}, {"name": "a", "type": "chunk", "chunkOffset": 4, '
+            b'"chunkSize": 18446744073709551616}]}',
+            r"entry 1 \('a'\): chunkSize 18446744073709551616 is larger",
+        ),
+        # Names no system call takes.
+        (
+            b'{"version": 1, "entries": [{"name": "a\\u0000b", "type": "dir"}]}',
+            r"entry 0 \('a\\x00b'\): the name holds a NUL character",
+        ),
+        (
+            b'{"version": 1, "entries": [{"name": "a\\ud800", "type": "dir"}]}',
+            r"entry 0 \('a\\ud800'\): the name holds a lone UTF-16 surrogate",
+        ),
+        (
+            # Stands for the bytes c3 a9, which read back as "\u00e9", another
+            # name: refused too.
+            b'{"version": 1, "entries": [{"name": "\\udcc3\\udca9", "type": "dir"}]}',
+            r"the name holds a lone UTF-16 surrogate",
+        ),
+        (
+            b'{"version": 1, "entries": [{"name": "a", "type": "symlink", '
+            b'"linkName": "b\\u0000"}]}',
+            r"entry 0 \('a'\): linkName holds a NUL character",
+        ),
+        (
+            b'{"version": 1, "entries": [{"name": "a", "type": "symlink", '
+            b'"linkName": "\\udfff"}]}',
+            r"entry 0 \('a'\): linkName holds a lone UTF-16 surrogate",
+        ),
+        (
+            b'{"version": 1, "entries": [{"name": "a", "type": "dir", '
+            b'"xattrs": {"user.a\\u0000": "YQ=="}}]}',
+            r"entry 0 \('a'\): xattr 'user.a\\x00' holds a NUL character",
+        ),
+        (
+            b'{"version": 1, "entries": [{"name": "a", "type": "dir", '
+            b'"xattrs": {"user.\\ud800": "YQ=="}}]}',
+            r"entry 0 \('a'\): xattr 'user.\\ud800' holds a lone UTF-16 surrogate",
+        ),
     ],
 )
 def test_malformed_tocs_get_located_errors(toc_json: bytes, message: str) -> None:
     with pytest.raises(estargz.BlobFormatError, match=message):
         open_blob(blob_with_toc(toc_json, bytes(64)))
+
+
+def test_numbers_up_to_int64_are_taken() -> None:
+    big = (1 << 63) - 1
+    toc = estargz.toc.TOC(  # type: ignore[attr-defined]
+        json.dumps(
+            {
+                "version": (1 << 31) - 1,
+                "entries": [
+                    {
+                        "name": "a",
+                        "type": "char",
+                        "uid": big,
+                        "gid": big,
+                        "mode": big,
+                        "devMajor": big,
+                        "devMinor": big,
+                    },
+                    {"name": "b", "type": "reg", "size": big, "offset": 5},
+                ],
+            }
+        ).encode(),
+        10,
+    )
+    a = toc.lookup("a")
+    assert a is not None and a.uid == a.dev_major == big
+    assert toc.lookup("b").size == big  # type: ignore[union-attr]
+    assert int(toc.chunks.size[0]) == big
+
+
+def test_names_python_writes_for_undecodable_bytes_are_taken(tmp_path: Path) -> None:
+    # "\udc80" is how Python spells the byte 0x80 of a name that is not
+    # UTF-8: it names that byte, and reads back the same.
+    toc = {"version": 1, "entries": [{"name": "a\udc80b", "type": "dir"}]}
+    with open_blob(blob_with_toc(json.dumps(toc).encode())) as blob:
+        assert blob.listdir("") == ["a\udc80b"]
+        extract(blob, tmp_path / "root")
+    assert os.listdir(bytes(tmp_path / "root")) == [b"a\x80b"]
 
 
 def test_toc_over_the_cap() -> None:

@@ -47,6 +47,14 @@ _INT_KEYS = (
     "chunkOffset",
     "chunkSize",
 )
+# Numbers in the TOC are Go int64s; the TOC's version is a small number.
+_INT64_MAX = (1 << 63) - 1
+_VERSION_MAX = (1 << 31) - 1
+# The names of the directories a TOC leaves out, which the reader makes up,
+# may take at most this many characters together.  Each is a prefix of an
+# entry's name, so a deep name costs the square of its length: without a
+# bound, a small hostile TOC would take any amount of memory.
+MADE_UP_NAMES_MAX = 1 << 27
 _STR_KEYS = (
     "name",
     "type",
@@ -67,6 +75,50 @@ def clean_name(name: str) -> str:
 
 def _parent(name: str) -> str:
     return posixpath.dirname(name)
+
+
+def _shown(value: Any) -> str:
+    """A number for a message, without printing thousands of digits."""
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"({value.bit_length()}-bit number)"
+    return repr(value)
+
+
+def _bad_number(key: str, value: Any) -> str:
+    if type(value) is int and value > 0:
+        return f"{key} {_shown(value)} is larger than {_INT64_MAX} (2^63-1)"
+    return f"{key} {_shown(value)} is not a non-negative integer"
+
+
+def _text_problem(text: str) -> Optional[str]:
+    """Why ``text`` cannot name a file (or xattr) on this system, or None.
+
+    A NUL byte cannot be passed to the OS at all.  A lone surrogate (JSON
+    ``"\\ud800"``) has no UTF-8 form; the ones Python uses for undecodable
+    bytes (U+DC80..U+DCFF) stand for those bytes, which is taken only when
+    the bytes decode back to the same text (otherwise two names would be one
+    file)."""
+    if "\0" in text:
+        return "holds a NUL character"
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+        if raw.decode("utf-8", "surrogateescape") == text:
+            return None
+    except UnicodeError:
+        pass
+    return "holds a lone UTF-16 surrogate, which no file name can carry"
+
+
+def _digits_error(exc: Exception) -> str:
+    """Python's refusal of a huge integer literal, minus its advice."""
+    return str(exc).split(";")[0]
 
 
 class TOCEntry:
@@ -240,12 +292,12 @@ class _Builder:
             raise BlobFormatError(f"TOC entry {index}: not a JSON object")
         for key in _INT_KEYS:
             value = raw.get(key)
+            # type() rather than isinstance(): JSON gives plain ints, and a
+            # bool is no number here.
             if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or value < 0
+                type(value) is not int or not 0 <= value <= _INT64_MAX
             ):
-                raise self._fail(
-                    index, raw, f"{key} {value!r} is not a non-negative integer"
-                )
+                raise self._fail(index, raw, _bad_number(key, value))
         for key in _STR_KEYS:
             value = raw.get(key)
             if value is not None and not isinstance(value, str):
@@ -295,11 +347,18 @@ class _Builder:
             return
 
         raw_name = raw.get("name") or ""
+        problem = _text_problem(raw_name)
+        if problem is not None:
+            raise self._fail(index, raw, f"the name {problem}")
         entry = TOCEntry(clean_name(raw_name), kind)
         entry.raw_name = raw_name
         entry.size = raw.get("size", 0)
         entry.modtime = raw.get("modtime", "")
         entry.link_name = raw.get("linkName", "")
+        if entry.link_name:
+            problem = _text_problem(entry.link_name)
+            if problem is not None:
+                raise self._fail(index, raw, f"linkName {problem}")
         entry.mode = raw.get("mode", 0)
         entry.uid = raw.get("uid", 0)
         entry.gid = raw.get("gid", 0)
@@ -317,6 +376,9 @@ class _Builder:
             if not isinstance(xattrs, dict):
                 raise self._fail(index, raw, "xattrs is not an object")
             for key, value in xattrs.items():
+                problem = _text_problem(key)
+                if problem is not None:
+                    raise self._fail(index, raw, f"xattr {key!r} {problem}")
                 if not isinstance(value, str):
                     raise self._fail(
                         index, raw, f"xattr {key!r} is not a base64 string"
@@ -384,6 +446,7 @@ def _scan_toc(text: str, on_entry: Callable[[Any], None]) -> int:
     i = skip(text, i).end()  # type: ignore[union-attr]
     if text[i : i + 1] == "}":
         return version
+    count = 0  # entries decoded, for messages
     while True:
         key, i = decoder.raw_decode(text, skip(text, i).end())  # type: ignore[union-attr]
         if not isinstance(key, str):
@@ -395,7 +458,16 @@ def _scan_toc(text: str, on_entry: Callable[[Any], None]) -> int:
                 i += 1
             else:
                 while True:
-                    value, i = decoder.raw_decode(text, i)
+                    try:
+                        value, i = decoder.raw_decode(text, i)
+                    except json.JSONDecodeError:
+                        raise
+                    except ValueError as exc:  # a number of too many digits
+                        raise BlobFormatError(
+                            f"TOC entry {count} (at character {i}): "
+                            f"{_digits_error(exc)}"
+                        ) from exc
+                    count += 1
                     on_entry(value)
                     i = skip(text, i).end()  # type: ignore[union-attr]
                     if text[i : i + 1] == ",":
@@ -404,10 +476,24 @@ def _scan_toc(text: str, on_entry: Callable[[Any], None]) -> int:
                     i = expect(i, "]")
                     break
         else:
-            value, i = decoder.raw_decode(text, i)
+            try:
+                value, i = decoder.raw_decode(text, i)
+            except json.JSONDecodeError:
+                raise
+            except ValueError as exc:  # a number of too many digits
+                raise BlobFormatError(
+                    f"TOC: {key!r} (at character {i}): {_digits_error(exc)}"
+                ) from exc
             if key == "version":
-                if not isinstance(value, int) or isinstance(value, bool):
-                    raise BlobFormatError(f"TOC: version {value!r} is not an integer")
+                if type(value) is not int:
+                    raise BlobFormatError(
+                        f"TOC: version {_shown(value)} is not an integer"
+                    )
+                if not 0 <= value <= _VERSION_MAX:
+                    raise BlobFormatError(
+                        f"TOC: version {_shown(value)} is out of range "
+                        f"(0..{_VERSION_MAX})"
+                    )
                 version = value
             elif key == "entries" and value is not None:
                 raise BlobFormatError("TOC: entries is neither a list nor null")
@@ -447,6 +533,11 @@ class TOC:
             ) from exc
         except RecursionError as exc:
             raise BlobFormatError("TOC: JSON nested too deeply") from exc
+        except BlobFormatError:
+            raise
+        except (ValueError, OverflowError) as exc:
+            # Nothing known gets here; still a malformed TOC, not a crash.
+            raise BlobFormatError(f"TOC: {_digits_error(exc)}") from exc
         self.entries, self.chunks = builder.finish()
         self._check_chunks(payload_end)
         self.by_name: dict[str, TOCEntry] = {}
@@ -500,19 +591,44 @@ class TOC:
         """Go's second pass: attach every entry to its parent directory,
         making up the directories the TOC leaves out."""
         by_name = self.by_name
+        made_up = 0  # characters of the names of made-up directories
 
-        def directory(name: str) -> TOCEntry:
+        def directory(name: str, below: Optional[TOCEntry] = None) -> TOCEntry:
+            nonlocal made_up
             entry = by_name.get(name)
             if entry is None:
-                entry = TOCEntry(name, "dir")
-                entry.mode = 0o755
-                entry.num_link = 2
-                by_name[name] = entry
-                if name:
-                    parent = directory(_parent(name))
-                    if parent.children is None:
-                        parent.children = {}
-                    parent.children[posixpath.basename(name)] = entry
+                # Climb to the nearest ancestor that exists (iteratively: a
+                # path may be thousands of directories deep), then make the
+                # missing ones top down.
+                missing = [name]
+                made_up += len(name)
+                parent = None
+                while missing[-1]:
+                    if made_up > MADE_UP_NAMES_MAX:
+                        what = repr(below.raw_name) if below else repr(name)
+                        raise BlobFormatError(
+                            f"TOC: {what}: the parent directories the TOC leaves "
+                            f"out have names of more than {MADE_UP_NAMES_MAX} "
+                            "characters together (paths too deep)"
+                        )
+                    up = _parent(missing[-1])
+                    parent = by_name.get(up)
+                    if parent is not None:
+                        break
+                    missing.append(up)
+                    made_up += len(up)
+                for path in reversed(missing):
+                    made = TOCEntry(path, "dir")
+                    made.mode = 0o755
+                    made.num_link = 2
+                    made.children = {}
+                    by_name[path] = made
+                    if parent is not None:
+                        if parent.children is None:
+                            parent.children = {}
+                        parent.children[posixpath.basename(path)] = made
+                    parent = made
+                entry = by_name[name]
             if entry.children is None:
                 entry.children = {}
             return entry
@@ -523,7 +639,7 @@ class TOC:
         for entry in self.entries:
             if entry.name == _parent(entry.name):
                 continue  # the root itself ("./", "/")
-            parent = directory(_parent(entry.name))
+            parent = directory(_parent(entry.name), entry)
             entry.num_link += 1
             node = entry
             if entry.type == "hardlink":

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import os
 import subprocess
 import sys
+import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -243,6 +247,126 @@ def test_extract_into_a_file_and_stdin_blob(tmp_path: Path) -> None:
     assert "usr/bin/tool" in listing
     assert estargz("-q", "verify", str(GO_BLOBS / "default.esgz")).stdout == b""
     assert estargz("verify", str(GO_BLOBS / "default.esgz"), "-q").stdout == b""
+
+
+def one_line_error(result: subprocess.CompletedProcess[bytes], message: str) -> None:
+    err = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 1, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("estargz: error: ") and message in err, err
+
+
+def pax_tar(entries: list[tuple[str, dict[str, str]]]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, pax in entries:
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            info.pax_headers = pax
+            tar.addfile(info, io.BytesIO(b"hi"))
+    return raw.getvalue()
+
+
+def blob_with_toc(toc_json: bytes) -> bytes:
+    from estargz import _native
+    from estargz._format import footer, toc_tar
+
+    return _native.MemberCompressor(6).compress(toc_tar(toc_json)) + footer(0)
+
+
+def remove_deep(path: Path) -> None:
+    """Remove a tree too deep for shutil.rmtree (which recurses before Python
+    3.12), such as pytest's clean-up of old temporary directories."""
+    from estargz._extract import _remove_tree
+
+    parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _remove_tree(parent, path.name)
+    finally:
+        os.close(parent)
+
+
+@pytest.fixture
+def deep_target(tmp_path: Path) -> Iterator[Path]:
+    """A directory to extract deep trees into, removed afterwards."""
+    target = tmp_path / "root"
+    yield target
+    if os.path.lexists(target):
+        remove_deep(target)
+
+
+def test_deep_paths_list_verify_and_extract(tmp_path: Path, deep_target: Path) -> None:
+    layer, blob = tmp_path / "deep.tar", tmp_path / "deep.esgz"
+    deep = "d/" * 1500 + "f"
+    layer.write_bytes(pax_tar([(deep, {})]))
+    estargz("convert", str(layer), str(blob))
+    assert deep in estargz("ls", str(blob)).stdout.decode()
+    assert estargz("verify", str(blob)).stdout.startswith(b"ok: ")
+    estargz("extract", str(blob), str(deep_target))
+    assert deep_target.joinpath(*deep.split("/")[:10]).is_dir()
+
+
+def test_hostile_names_and_numbers_are_one_line_errors(tmp_path: Path) -> None:
+    # A NUL in a name: a tar can carry it in a PAX record; it converts, and
+    # every reader command refuses it in one line.
+    layer, blob = tmp_path / "nul.tar", tmp_path / "nul.esgz"
+    layer.write_bytes(pax_tar([("x", {"path": "a\x00b"})]))
+    estargz("convert", str(layer), str(blob))
+    for command in (["ls"], ["verify"], ["extract", str(tmp_path / "x")]):
+        one_line_error(
+            estargz(command[0], str(blob), *command[1:], check=False),
+            "('a\\x00b'): the name holds a NUL character",
+        )
+    huge = tmp_path / "huge.esgz"
+    huge.write_bytes(
+        blob_with_toc(
+            b'{"version": 1, "entries": [{"name": "a", "type": "reg", "size": 1'
+            + b"0" * 100_000
+            + b"}]}"
+        )
+    )
+    for command in ("info", "ls", "verify"):
+        one_line_error(
+            estargz(command, str(huge), check=False),
+            "TOC entry 0 (at character 27): Exceeds the limit (4300 digits)",
+        )
+    wide = tmp_path / "wide.esgz"
+    wide.write_bytes(
+        blob_with_toc(
+            b'{"version": 1, "entries": [{"name": "a", "type": "reg", "size": 1'
+            + b"0" * 400
+            + b"}]}"
+        )
+    )
+    one_line_error(
+        estargz("ls", str(wide), check=False),
+        "TOC entry 0 ('a'): size (1329-bit number) is larger than",
+    )
+    # What the OS refuses: one line naming the entry.
+    long = tmp_path / "long.esgz"
+    long.write_bytes(
+        blob_with_toc(
+            json.dumps(
+                {"version": 1, "entries": [{"name": "n" * 300, "type": "dir"}]}
+            ).encode()
+        )
+    )
+    one_line_error(
+        estargz("extract", str(long), str(tmp_path / "y"), check=False),
+        "File name too long: 'nnn",
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="Limitation: owners are set as root")
+def test_an_owner_the_system_cannot_take_is_one_line(tmp_path: Path) -> None:
+    layer, blob = tmp_path / "uid.tar", tmp_path / "uid.esgz"
+    layer.write_bytes(pax_tar([("x", {"uid": str(1 << 40)})]))
+    estargz("convert", str(layer), str(blob))
+    assert b" 1099511627776/" in estargz("ls", str(blob)).stdout
+    one_line_error(
+        estargz("extract", str(blob), str(tmp_path / "x"), check=False),
+        "'x': uid 1099511627776 is outside what this system takes",
+    )
 
 
 def test_version_and_help() -> None:

@@ -8,6 +8,8 @@ profile), with no time limit per example.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 from helpers import GO_BLOBS
@@ -16,6 +18,7 @@ from hypothesis import strategies as st
 
 import estargz
 from estargz import _native
+from estargz._extract import extract
 from estargz._format import footer, toc_tar
 from estargz.reader import open_blob, parse_footer
 from estargz.toc import TOC
@@ -121,6 +124,99 @@ def test_random_tocs(document: object) -> None:
     payload = _native.MemberCompressor(1).compress(bytes(200))[:150].ljust(150, b"\0")
     member = _native.MemberCompressor(1).compress(toc_tar(text))
     exercise(payload + member + footer(150))
+
+
+# Values no system call takes: odd names, numbers past any C type, very deep
+# paths.  Reading, verifying and extracting them gives an estargz error (or,
+# for what the OS refuses, an OSError), never another exception.
+hostile_names = st.sampled_from(
+    [
+        "a",
+        "a\x00b",
+        "\ud800",
+        "a\udc80",
+        "\udcc3\udca9",
+        "d/" * 1500 + "f",
+        "n" * 300,
+        "\u00e9",
+    ]
+)
+hostile_numbers = st.one_of(
+    st.integers(0, 5),
+    st.sampled_from([(1 << 31), (1 << 32) - 1, 1 << 32, 1 << 40, (1 << 63) - 1]),
+    st.sampled_from([1 << 63, 1 << 64, 10**400, -1]),
+)
+hostile_entry = st.fixed_dictionaries(
+    {
+        "name": hostile_names,
+        "type": st.sampled_from(["reg", "dir", "symlink", "hardlink", "char", "fifo"]),
+    },
+    optional={
+        "size": hostile_numbers,
+        "mode": hostile_numbers,
+        "uid": hostile_numbers,
+        "gid": hostile_numbers,
+        "devMajor": hostile_numbers,
+        "devMinor": hostile_numbers,
+        "offset": hostile_numbers,
+        "linkName": hostile_names,
+        "xattrs": st.dictionaries(hostile_names, st.just("YQ=="), max_size=2),
+        "modtime": st.sampled_from(["9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z"]),
+    },
+)
+
+
+@FUZZ
+@given(st.integers(0, 2), st.lists(hostile_entry, max_size=4))
+def test_hostile_values_read_and_extract(version: int, entries: list[object]) -> None:
+    text = json.dumps({"version": version, "entries": entries}).encode()
+    try:
+        TOC(text, 150)
+    except estargz.BlobFormatError:
+        pass
+    payload = _native.MemberCompressor(1).compress(bytes(200))[:150].ljust(150, b"\0")
+    member = _native.MemberCompressor(1).compress(toc_tar(text))
+    data = payload + member + footer(150)
+    with tempfile.TemporaryDirectory() as parent:
+        try:
+            with open_blob(data) as blob:
+                list(blob.toc.walk())
+                try:
+                    blob.verify()
+                except estargz.VerificationError:
+                    pass
+                # (Files are read by extraction, a block at a time: Blob.read
+                # would take the whole of a declared size at once.)
+                extract(blob, Path(parent) / "root")
+        except (*EXPECTED_ERRORS, OSError):
+            pass
+        # Deep trees are beyond shutil.rmtree before Python 3.12.
+        if os.path.exists(Path(parent) / "root"):
+            from estargz._extract import _remove_tree
+
+            fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                _remove_tree(fd, "root")
+            finally:
+                os.close(fd)
+
+
+@FUZZ
+@given(
+    st.sampled_from(["version", "size", "offset", "uid", "devMajor", "x"]),
+    st.integers(1, 6000),
+)
+def test_numbers_of_any_length(key: str, digits: int) -> None:
+    number = "1" + "0" * (digits - 1)
+    if key == "version":
+        text = '{"version": ' + number + ', "entries": []}'
+    else:
+        entry = '{"name": "a", "type": "reg", "' + key + '": ' + number + "}"
+        text = '{"version": 1, "entries": [' + entry + "]}"
+    try:
+        TOC(text.encode(), 150)
+    except estargz.BlobFormatError:
+        pass
 
 
 @FUZZ

@@ -9,6 +9,7 @@ import json
 import os
 import stat
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -709,6 +710,160 @@ def test_hardlink_cannot_reach_outside(tmp_path: Path) -> None:
         with pytest.raises(estargz.UnsafePathError, match="'up' is a symlink"):
             extract(blob, tmp_path / "root2")
     assert outside.read_bytes() == b"secret" and outside.stat().st_nlink == 1
+
+
+DEEP = 2500  # 5000 characters: past PATH_MAX, and Python's recursion limit
+
+
+def remove_deep(path: Path) -> None:
+    """Remove a tree too deep for shutil.rmtree (which recurses before Python
+    3.12), such as pytest's clean-up of old temporary directories."""
+    from estargz._extract import _remove_tree
+
+    parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _remove_tree(parent, path.name)
+    finally:
+        os.close(parent)
+
+
+@pytest.fixture
+def deep_target(tmp_path: Path) -> Iterator[Path]:
+    """A directory to extract deep trees into, removed afterwards."""
+    target = tmp_path / "root"
+    yield target
+    if os.path.lexists(target):
+        remove_deep(target)
+
+
+@pytest.mark.parametrize("open_dirs", [256, 2])
+def test_extract_very_deep_trees(
+    tmp_path: Path,
+    deep_target: Path,
+    open_dirs: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import estargz._extract
+
+    # Few descriptors kept open: the tree is walked again as needed.
+    monkeypatch.setattr(estargz._extract, "_OPEN_DIRS", open_dirs)
+    deep = "d/" * DEEP
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, content in [
+            (deep + "f", b"deep"),
+            ("gone/" + deep + "f", b"replaced"),
+            ("gone", b"a file now"),
+            ("near/x", b"x"),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+        # A link in a shallow directory to a file far down, and back.
+        for name, target in [("near/h", deep + "f"), (deep + "h", "near/x")]:
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.LNKTYPE
+            info.linkname = target
+            tar.addfile(info)
+    out = convert_to(tmp_path, raw.getvalue())
+    target = deep_target
+    open_fds = len(os.listdir("/proc/self/fd"))
+    with open_blob(out) as blob:
+        assert blob.read(deep + "f") == b"deep"
+        assert len(list(blob.toc.walk())) > 2 * DEEP
+        blob.verify()
+        report = extract(blob, target)
+    assert report.files == 4 and report.hardlinks == 2
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        for _ in range(DEEP):
+            child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        with open(os.open("f", os.O_RDONLY, dir_fd=fd), "rb") as f:
+            assert f.read() == b"deep"
+        assert os.stat("f", dir_fd=fd).st_nlink == 2
+        assert os.stat("h", dir_fd=fd).st_ino == (target / "near/x").stat().st_ino
+    finally:
+        os.close(fd)
+    assert (target / "gone").read_bytes() == b"a file now"
+    assert (target / "near/h").read_bytes() == b"deep"
+    assert len(os.listdir("/proc/self/fd")) == open_fds  # nothing left open
+
+
+def pax_tar(name: str, pax: dict[str, str]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(name)
+        info.size = 2
+        info.pax_headers = pax
+        tar.addfile(info, io.BytesIO(b"hi"))
+    return raw.getvalue()
+
+
+def test_a_nul_in_a_tar_name_is_refused_when_read(tmp_path: Path) -> None:
+    # A PAX record may carry any byte; the TOC keeps it, the reader refuses it.
+    out = convert_to(tmp_path, pax_tar("x", {"path": "a\x00b"}))
+    with pytest.raises(
+        estargz.BlobFormatError, match=r"\('a\\x00b'\): the name holds a NUL"
+    ):
+        open_blob(out)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="Limitation: owners are set as root")
+@pytest.mark.parametrize(
+    "pax, message",
+    [
+        ({"uid": str(1 << 40)}, "uid 1099511627776 is outside"),
+        ({"gid": str((1 << 32) - 1)}, "gid 4294967295 is outside"),
+    ],
+)
+def test_extract_ids_the_system_cannot_take(
+    pax: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    out = convert_to(tmp_path, pax_tar("x", pax))
+    with open_blob(out) as blob:
+        assert blob.lookup("x").uid == int(pax.get("uid", 0))
+        with pytest.raises(estargz.BlobFormatError, match=rf"^'x': {message}"):
+            extract(blob, tmp_path / "root")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="Limitation: device files need root")
+def test_extract_device_numbers_the_system_cannot_take(tmp_path: Path) -> None:
+    toc = {
+        "version": 1,
+        "entries": [{"name": "dev/x", "type": "char", "devMajor": 1 << 40}],
+    }
+    with open_blob(blob_with_toc(json.dumps(toc).encode())) as blob:
+        with pytest.raises(
+            estargz.BlobFormatError,
+            match=r"^'dev/x': device number 1099511627776,0 is outside",
+        ):
+            extract(blob, tmp_path / "root")
+
+
+def test_extract_failures_name_the_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the OS refuses: an OSError naming the entry.
+    long = "a/" + "n" * 300 + "/f"
+    toc = {"version": 1, "entries": [{"name": long, "type": "dir"}]}
+    with open_blob(blob_with_toc(json.dumps(toc).encode())) as blob:
+        with pytest.raises(OSError, match="File name too long") as caught:
+            extract(blob, tmp_path / "root")
+    assert caught.value.filename == long
+    # Anything else unexpected: an estargz error naming the entry.
+    toc = {"version": 1, "entries": [{"name": "s", "type": "symlink", "linkName": "t"}]}
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ValueError("no such thing")
+
+    monkeypatch.setattr(os, "symlink", refuse)
+    with open_blob(blob_with_toc(json.dumps(toc).encode())) as blob:
+        with pytest.raises(
+            estargz.BlobFormatError, match=r"^'s': cannot extract it: no such thing"
+        ):
+            extract(blob, tmp_path / "root2")
 
 
 def test_directory_modes_are_applied_last(tmp_path: Path) -> None:

@@ -7,25 +7,34 @@ cleaned as Go cleans them, so ``..`` and absolute names stay inside.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import errno
 import io
 import logging
 import os
-import shutil
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Optional, Union
 
 from estargz import _native
 from estargz._tar import ByteSource, TarReader
 from estargz._util import AtomicOutput, PathLike
-from estargz.errors import EStargzError, UnsafePathError, VerificationError
+from estargz.errors import (
+    BlobFormatError,
+    EStargzError,
+    UnsafePathError,
+    VerificationError,
+)
 from estargz.reader import Blob, _SourceStream
 from estargz.toc import TOCEntry
 
 log = logging.getLogger(__name__)
 
 _LANDMARKS = {".prefetch.landmark", ".no.prefetch.landmark"}
+# Directory descriptors kept open for reuse while extracting.
+_OPEN_DIRS = 256
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -46,7 +55,14 @@ class ExtractReport:
 
 
 class _Tree:
-    """The target directory, walked without following symlinks."""
+    """The target directory, walked without following symlinks.
+
+    Descriptors of the directories met are kept for reuse, at most
+    ``_OPEN_DIRS`` of them besides the target's own (the least recently used
+    are closed), so neither a wide layer nor a deep one exhausts the
+    process's descriptors.  A descriptor handed out stays open until the
+    next call that opens directories.
+    """
 
     def __init__(self, target: str) -> None:
         try:
@@ -56,20 +72,43 @@ class _Tree:
             raise UnsafePathError(
                 f"cannot extract into {target!r}: {exc.strerror or exc}"
             ) from exc
-        self._dirs: dict[str, int] = {"": self.root}
+        self._dirs: collections.OrderedDict[str, int] = collections.OrderedDict()
 
     def close(self) -> None:
         for fd in self._dirs.values():
             os.close(fd)
         self._dirs.clear()
+        os.close(self.root)
 
     def directory(self, path: str, entry_name: str) -> int:
         """A descriptor of directory ``path`` (made when missing)."""
+        if not path:
+            return self.root
         fd = self._dirs.get(path)
         if fd is not None:
+            self._dirs.move_to_end(path)
             return fd
-        parent_path, _, base = path.rpartition("/")
-        parent = self.directory(parent_path, entry_name)
+        # The nearest ancestor already open (or the target), then down one
+        # component at a time: no recursion, however deep the path.
+        start = len(path)
+        fd = self.root
+        while True:
+            start = path.rfind("/", 0, start)
+            if start < 0:
+                break
+            cached = self._dirs.get(path[:start])
+            if cached is not None:
+                fd = cached
+                break
+        while start < len(path):
+            end = path.find("/", start + 1)
+            if end < 0:
+                end = len(path)
+            fd = self._open_child(fd, path[start + 1 : end], path[:end], entry_name)
+            start = end
+        return fd
+
+    def _open_child(self, parent: int, base: str, path: str, entry_name: str) -> int:
         try:
             fd = os.open(base, _DIR_FLAGS, dir_fd=parent)
         except FileNotFoundError:
@@ -83,6 +122,9 @@ class _Tree:
                 ) from exc
             raise
         self._dirs[path] = fd
+        # Only the newest descriptor is needed to go on; older ones may go.
+        while len(self._dirs) > _OPEN_DIRS:
+            os.close(self._dirs.popitem(last=False)[1])
         return fd
 
     def place(self, name: str) -> tuple[int, str]:
@@ -105,9 +147,39 @@ class _Tree:
                 p for p in self._dirs if p == name or p.startswith(name + "/")
             ]:
                 os.close(self._dirs.pop(path))
-            shutil.rmtree(base, dir_fd=parent)
+            _remove_tree(parent, base)
         else:
             os.unlink(base, dir_fd=parent)
+
+
+def _remove_tree(parent: int, base: str) -> None:
+    """Remove the directory ``base`` of ``parent`` and all below it, never
+    following a symlink, iteratively (``shutil.rmtree`` recurses once per
+    level before Python 3.12, which a deep tree exhausts).  One descriptor
+    is open per level being emptied."""
+    # Per level: its descriptor, the names left to look at, and its own name
+    # in the level above.
+    fd = os.open(base, _DIR_FLAGS, dir_fd=parent)
+    stack: list[tuple[int, list[str], str]] = [(fd, os.listdir(fd), base)]
+    try:
+        while stack:
+            fd, names, own = stack[-1]
+            if names:
+                name = names.pop()
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISDIR(info.st_mode):
+                    child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                    stack.append((child, os.listdir(child), name))
+                else:
+                    os.unlink(name, dir_fd=fd)
+                continue
+            stack.pop()
+            os.close(fd)
+            above = stack[-1][0] if stack else parent
+            os.rmdir(own, dir_fd=above)
+    finally:
+        for fd, _names, _name in stack:
+            os.close(fd)
 
 
 def _times(entry: TOCEntry) -> Optional[tuple[int, int]]:
@@ -146,15 +218,63 @@ def extract(blob: Blob, target: PathLike, *, xattrs: bool = True) -> ExtractRepo
         for entry in [e for e in latest if e.type != "hardlink"] + [
             e for e in latest if e.type == "hardlink"
         ]:
-            _extract_one(blob, tree, entry, root_user, xattrs, report, directories)
+            with _located(entry):
+                _extract_one(blob, tree, entry, root_user, xattrs, report, directories)
         for name, entry in sorted(
             directories, key=lambda item: item[0].count("/"), reverse=True
         ):
-            fd = tree.directory(name, name)
-            _finish(fd, entry, root_user, xattrs, report)
+            with _located(entry):
+                fd = tree.directory(name, name)
+                _finish(fd, entry, root_user, xattrs, report)
     finally:
         tree.close()
     return report
+
+
+@contextlib.contextmanager
+def _located(entry: TOCEntry) -> Iterator[None]:
+    """Name the entry in any failure while extracting it.
+
+    A TOC can hold values no system call takes (odd names, huge numbers);
+    whatever slips past the checks becomes an estargz error naming the
+    entry rather than a traceback, and an OS error names the entry too.
+    """
+    try:
+        yield
+    except EStargzError:
+        raise
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, entry.raw_name) from exc
+    except (ValueError, OverflowError) as exc:  # UnicodeError is a ValueError
+        raise BlobFormatError(f"{entry.raw_name!r}: cannot extract it: {exc}") from exc
+
+
+# What chown takes: a uid_t, minus (uid_t)-1, which means "leave unchanged".
+_MAX_ID = (1 << 32) - 2
+
+
+def _ids(entry: TOCEntry) -> tuple[int, int]:
+    """The entry's owner and group, if the system can take them."""
+    for what, value in (("uid", entry.uid), ("gid", entry.gid)):
+        if not 0 <= value <= _MAX_ID:
+            raise BlobFormatError(
+                f"{entry.raw_name!r}: {what} {value} is outside what this system "
+                f"takes (0..{_MAX_ID})"
+            )
+    return entry.uid, entry.gid
+
+
+def _device(entry: TOCEntry) -> int:
+    """The entry's device number, if the system can take it."""
+    try:
+        return os.makedev(entry.dev_major, entry.dev_minor)
+    except (OverflowError, ValueError) as exc:
+        raise BlobFormatError(
+            f"{entry.raw_name!r}: device number {entry.dev_major},{entry.dev_minor} "
+            "is outside what this system takes"
+        ) from exc
 
 
 def _extract_one(
@@ -202,7 +322,8 @@ def _extract_one(
     elif kind == "symlink":
         os.symlink(entry.link_name, base, dir_fd=parent)
         if root_user:
-            os.chown(base, entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
+            uid, gid = _ids(entry)
+            os.chown(base, uid, gid, dir_fd=parent, follow_symlinks=False)
         times = _times(entry)
         if times:
             os.utime(base, ns=times, dir_fd=parent, follow_symlinks=False)
@@ -218,14 +339,20 @@ def _extract_one(
             )
             report.dangling_hardlinks += 1
             return
-        source_parent, source_base = tree.place(source_entry.name)
-        os.link(
-            source_base,
-            base,
-            src_dir_fd=source_parent,
-            dst_dir_fd=parent,
-            follow_symlinks=False,
-        )
+        # Opening the source's directory may close older descriptors, the
+        # link's own directory among them: hold a copy of it.
+        parent = os.dup(parent)
+        try:
+            source_parent, source_base = tree.place(source_entry.name)
+            os.link(
+                source_base,
+                base,
+                src_dir_fd=source_parent,
+                dst_dir_fd=parent,
+                follow_symlinks=False,
+            )
+        finally:
+            os.close(parent)
         report.hardlinks += 1
     elif kind in ("char", "block", "fifo"):
         if kind == "fifo":
@@ -233,12 +360,7 @@ def _extract_one(
             report.fifos += 1
         elif root_user:
             device_type = stat.S_IFCHR if kind == "char" else stat.S_IFBLK
-            os.mknod(
-                base,
-                0o600 | device_type,
-                os.makedev(entry.dev_major, entry.dev_minor),
-                dir_fd=parent,
-            )
+            os.mknod(base, 0o600 | device_type, _device(entry), dir_fd=parent)
             report.devices += 1
         else:
             report.skipped_devices += 1
@@ -255,7 +377,7 @@ def _finish(
 ) -> None:
     """Owner, mode, extended attributes and times of an open file or directory."""
     if root_user:
-        os.fchown(fd, entry.uid, entry.gid)
+        os.fchown(fd, *_ids(entry))
     os.fchmod(fd, entry.mode & 0o7777)
     if xattrs:
         for key, value in entry.xattrs.items():
@@ -277,7 +399,8 @@ def _finish(
 
 def _finish_path(base: str, parent: int, entry: TOCEntry, root_user: bool) -> None:
     if root_user:
-        os.chown(base, entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
+        uid, gid = _ids(entry)
+        os.chown(base, uid, gid, dir_fd=parent, follow_symlinks=False)
     os.chmod(base, entry.mode & 0o7777, dir_fd=parent)
     times = _times(entry)
     if times:

@@ -11,13 +11,17 @@ the TOC, which the chunk digests alone do not guarantee.
 
 from __future__ import annotations
 
+import bisect
 import collections
+import hashlib
 import io
 import logging
 import os
+import queue
 import re
+import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Optional, Union
 
@@ -64,6 +68,11 @@ class VerifyReport:
     chunks: int
     uncompressed_bytes: int
     members: int
+    # Bytes after the tar's end-of-archive marker (padding, or what a tar
+    # given to keep-diff-id carried), and where the first non-zero one lies
+    # (-1: none).  Runtimes stop at the marker; ``tar -i`` would not.
+    trailing_bytes: int = 0
+    trailing_data_at: int = -1
 
 
 _HEX16 = re.compile(rb"[0-9a-fA-F]{16}")
@@ -148,6 +157,21 @@ def _toc_json(tar_bytes: bytes, where: str) -> bytes:
             f"{where}: the TOC entry declares {entry.size} bytes but only "
             f"{len(tar_bytes) - start} follow"
         )
+    # Nothing may follow the index: a plain pull unpacks the TOC member's tar
+    # too, so an entry hidden there would land in the root filesystem
+    # unseen by the TOC (and by its digest).
+    try:
+        reader.skip_payload()
+        extra = next(reader, None)
+    except EStargzError as exc:
+        raise BlobFormatError(
+            f"{where}: the TOC tar is malformed after the index: {exc}"
+        ) from exc
+    if extra is not None:
+        raise BlobFormatError(
+            f"{where}: the TOC tar holds {extra.display_name!r} after "
+            f"{TOC_TAR_NAME.decode()!r}; a plain pull would unpack it"
+        )
     return tar_bytes[start : start + entry.size]
 
 
@@ -196,14 +220,45 @@ class _SourceStream(io.RawIOBase):
 # Verify inflates the blob's members in groups of about this many compressed
 # bytes, on worker threads; a group never splits a member.
 VERIFY_GROUP = 512 << 10
+# Each group's worker hands its bytes on in pieces of about this size and
+# runs at most VERIFY_AHEAD pieces ahead of the reader, so memory stays
+# bounded however well the members compress.
+VERIFY_PIECE = 512 << 10
+VERIFY_AHEAD = 12
+# How much of what follows the tar's end-of-archive marker verify reads.
+VERIFY_TRAILER = 64 << 20
+
+
+class _Stopped(Exception):
+    """The stream was closed while a worker still had bytes to hand on."""
+
+
+class _Span:
+    """A chunk being hashed as its bytes stream past."""
+
+    __slots__ = ("end", "expected", "hasher", "row", "start")
+
+    def __init__(self, row: int, start: int, size: int, expected: str) -> None:
+        self.row = row
+        self.start = start
+        self.end = start + size
+        self.expected = expected
+        self.hasher: Any = (
+            _native.Sha256()
+            if expected.startswith("sha256:")
+            else hashlib.new(expected.split(":", 1)[0])
+        )
+
+    def digest(self) -> str:
+        return f"{self.expected.split(':', 1)[0]}:{self.hasher.hexdigest()}"
 
 
 class _Inflated(io.RawIOBase):
     """The uncompressed stream of a blob's members, inflated in parallel.
 
     Groups of whole members are inflated on worker threads, which also check
-    the digests of the chunks in them; this stream hands the bytes on in
-    order and records where each member starts in the stream.
+    the digests of the chunks in them as the bytes stream past; this stream
+    hands the bytes on in order and records where each member starts in it.
     """
 
     def __init__(self, blob: Blob, threads: int) -> None:
@@ -212,6 +267,7 @@ class _Inflated(io.RawIOBase):
         chunks = toc.chunks
         self.starts: dict[int, int] = {}
         self.failures: dict[int, str] = {}
+        self.verified: set[int] = set()
         self._rows: dict[int, list[int]] = {}
         for row, offset in enumerate(chunks.offset.tolist()):
             self._rows.setdefault(offset, []).append(row)
@@ -224,71 +280,137 @@ class _Inflated(io.RawIOBase):
                 if bound > begin:
                     self._groups.append((begin, bound))
                 begin = bound
+        self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="estargz-verify"
         )
-        self._queue: collections.deque[Any] = collections.deque()
+        self._queues: collections.deque[tuple[Future[None], queue.Queue[Any]]] = (
+            collections.deque()
+        )
         self._next = 0
         self._depth = threads + 1
         self._data = memoryview(b"")
         self._base = 0  # stream offset of the group being handed on
-        self._group_size = 0
+        self._group_size = 0  # its bytes handed on so far
 
     def readable(self) -> bool:
         return True
 
     def _fill(self) -> None:
-        while len(self._queue) < self._depth and self._next < len(self._groups):
-            self._queue.append(
-                self._pool.submit(self._inflate, *self._groups[self._next])
-            )
+        while len(self._queues) < self._depth and self._next < len(self._groups):
+            pieces: queue.Queue[Any] = queue.Queue(maxsize=VERIFY_AHEAD)
+            begin, end = self._groups[self._next]
+            job = self._pool.submit(self._inflate, begin, end, pieces)
+            self._queues.append((job, pieces))
             self._next += 1
 
-    def _inflate(
-        self, begin: int, end: int
-    ) -> tuple[bytearray, dict[int, int], dict[int, str]]:
-        chunks = self.blob.toc.chunks
-        data = self.blob.source.read_at(begin, end - begin)
-        if len(data) < end - begin:
-            raise VerificationError(
-                f"blob: the source ends early, at offset {begin + len(data)}"
-            )
-        reader = _native.GzipReader(io.BytesIO(data), block_size=1 << 16, offset=begin)
-        # Nothing in a group may inflate to more than this: a bomb is refused.
-        cap = 64 * (end - begin) + (64 << 20)
-        out = bytearray()
-        starts: dict[int, int] = {}
-        buffer = bytearray(1 << 20)
+    def _put(self, pieces: queue.Queue[Any], item: Any) -> None:
+        while True:
+            try:
+                pieces.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if self._stop.is_set():
+                    raise _Stopped from None
+
+    def _inflate(self, begin: int, end: int, pieces: queue.Queue[Any]) -> None:
         try:
-            while True:
-                n = reader.readinto(buffer)
-                if not n:
-                    break
-                starts.setdefault(reader.member_offset, len(out))
-                out += memoryview(buffer)[:n]
-                if len(out) > cap:
-                    raise VerificationError(
-                        f"blob: the gzip members at offsets {begin}..{end} inflate to "
-                        f"more than {cap} bytes"
-                    )
-        except NativeError as exc:
-            raise VerificationError(f"{self._member_owner(exc.offset)}{exc}") from exc
-        failures: dict[int, str] = {}
-        view = memoryview(out)
-        for member, position in starts.items():
-            for row in self._rows.get(member, ()):
-                start = position + int(chunks.inner_offset[row])
-                size = int(chunks.size[row])
-                piece = view[start : start + size]
-                expected = chunks.digest_of(row)
-                if not expected.startswith("sha256:"):
-                    continue
-                found = "sha256:" + _native.Sha256(piece).hexdigest()
-                if len(piece) < size:
-                    failures[row] = f"its member ends {size - len(piece)} bytes early"
-                elif found != expected:
-                    failures[row] = f"digest {found}, the TOC says {expected}"
-        return out, starts, failures
+            self._inflate_group(begin, end, pieces)
+        except _Stopped:
+            return
+        except BaseException as exc:  # handed on, in order, to the reader
+            self._put(pieces, exc)
+            return
+        self._put(pieces, None)
+
+    def _inflate_group(self, begin: int, end: int, pieces: queue.Queue[Any]) -> None:
+        reader = _native.GzipReader(
+            _SourceStream(self.blob.source, begin, end),
+            block_size=1 << 18,
+            offset=begin,
+        )
+        scratch = bytearray(VERIFY_PIECE)
+        view = memoryview(scratch)
+        piece = bytearray()
+        marks: list[tuple[int, int]] = []  # (member offset, position in group)
+        spans: list[_Span] = []
+        member = -1
+        position = 0
+        while True:
+            if self._stop.is_set():
+                raise _Stopped
+            try:
+                n = reader.readinto(scratch)
+            except NativeError as exc:
+                raise VerificationError(
+                    f"{self._member_owner(exc.offset)}{exc}"
+                ) from exc
+            if not n:
+                break
+            if reader.member_offset != member:
+                member = reader.member_offset
+                start = reader.member_uncompressed_offset
+                marks.append((member, start))
+                spans = self._spans(member, start)
+            if spans:
+                spans = self._feed(spans, view[:n], position)
+            position += n
+            if reader.at_member_end and spans:
+                for span in spans:
+                    missing = span.end - max(span.start, position)
+                    self.failures[span.row] = f"its member ends {missing} bytes early"
+                spans = []
+            piece += view[:n]
+            if len(piece) >= VERIFY_PIECE:
+                self._put(pieces, (piece, marks))
+                piece, marks = bytearray(), []
+        if piece or marks:
+            self._put(pieces, (piece, marks))
+
+    def _spans(self, member: int, start: int) -> list[_Span]:
+        """The chunks that begin in a member, to be hashed as it streams."""
+        chunks = self.blob.toc.chunks
+        spans = []
+        for row in self._rows.get(member, ()):
+            expected = self.blob._expected_digest(row)
+            if not expected:
+                self.failures[row] = "the TOC gives no digest for it"
+                continue
+            span = _Span(
+                row,
+                start + int(chunks.inner_offset[row]),
+                int(chunks.size[row]),
+                expected,
+            )
+            if span.end == span.start:
+                self._finish(span)
+            else:
+                spans.append(span)
+        spans.sort(key=lambda span: span.start)
+        return spans
+
+    def _feed(self, spans: list[_Span], data: memoryview, position: int) -> list[_Span]:
+        """Hash the parts of ``data`` (at ``position``) that chunks cover;
+        return the chunks still open."""
+        end = position + len(data)
+        left = []
+        for span in spans:
+            if span.start < end and span.end > position:
+                a = max(span.start, position)
+                b = min(span.end, end)
+                span.hasher.update(data[a - position : b - position])
+            if span.end <= end:
+                self._finish(span)
+            else:
+                left.append(span)
+        return left
+
+    def _finish(self, span: _Span) -> None:
+        found = span.digest()
+        if found == span.expected:
+            self.verified.add(span.row)
+        else:
+            self.failures[span.row] = f"digest {found}, the TOC says {span.expected}"
 
     def _member_owner(self, offset: int) -> str:
         """Who owns the member around a compressed offset, for messages."""
@@ -302,14 +424,21 @@ class _Inflated(io.RawIOBase):
         """Make sure unread bytes are at hand; False at the end."""
         while not len(self._data):
             self._fill()
-            if not self._queue:
+            if not self._queues:
                 return False
-            self._base += self._group_size
-            data, starts, failures = self._queue.popleft().result()
-            self._group_size = len(data)
-            for member, position in starts.items():
-                self.starts.setdefault(member, self._base + position)
-            self.failures.update(failures)
+            item = self._queues[0][1].get()
+            if item is None:
+                self._queues.popleft()
+                self._base += self._group_size
+                self._group_size = 0
+                continue
+            if isinstance(item, BaseException):
+                self._queues.popleft()
+                raise item
+            data, marks = item
+            for member, start in marks:
+                self.starts.setdefault(member, self._base + start)
+            self._group_size += len(data)
             self._data = memoryview(data)
         return True
 
@@ -341,7 +470,8 @@ class _Inflated(io.RawIOBase):
         return done
 
     def close(self) -> None:
-        for job in self._queue:
+        self._stop.set()
+        for job, _ in self._queues:
             job.cancel()
         self._pool.shutdown(wait=True)
         super().close()
@@ -367,6 +497,8 @@ class Blob:
     ) -> None:
         self.source = source
         self.verify_chunks = verify_chunks
+        self._chunk_owners: Optional[list[TOCEntry]] = None
+        self._owner_starts: list[int] = []
         size = source.size
         tail = source.read_at(max(0, size - FOOTER_SIZE), min(size, FOOTER_SIZE))
         self.footer = parse_footer(tail)
@@ -499,16 +631,33 @@ class Blob:
             f"{int(chunks.inner_offset[row])})"
         )
 
+    def _expected_digest(self, row: int) -> str:
+        """The digest a chunk must have: its ``chunkDigest``, or, as Go falls
+        back, the ``digest`` of a regular file that is one chunk; "" when
+        the TOC gives neither."""
+        expected = self.toc.chunks.digest_of(row)
+        if expected:
+            return expected
+        if self._chunk_owners is None:
+            self._chunk_owners = [e for e in self.toc.entries if e.chunk_count]
+            self._owner_starts = [e.chunk_start for e in self._chunk_owners]
+        i = bisect.bisect_right(self._owner_starts, row) - 1
+        if i >= 0:
+            owner = self._chunk_owners[i]
+            if owner.chunk_count == 1 and owner.chunk_start == row:
+                return owner.digest
+        return ""
+
     def _check_chunk(self, row: int, plain: bytes) -> None:
-        chunks = self.toc.chunks
-        expected = chunks.digest_of(row)
+        expected = self._expected_digest(row)
         if not expected:
-            return
+            raise VerificationError(
+                f"{self._chunk_place(row)}: the TOC gives no digest to check it "
+                "against (open the blob with verify_chunks=False to read it anyway)"
+            )
         if expected.startswith("sha256:"):
             found = "sha256:" + _native.Sha256(plain).hexdigest()
         else:
-            import hashlib
-
             algorithm = expected.split(":", 1)[0]
             found = f"{algorithm}:" + hashlib.new(algorithm, plain).hexdigest()
         if found != expected:
@@ -663,13 +812,61 @@ class _StreamCheck:
         order = [self._stream_index(entry) for entry in self.toc.entries]
         if order != sorted(order):
             raise self._fail("the TOC lists the entries in another order than the tar")
+        trailing, data_at = self._trailer()
         return VerifyReport(
             toc_digest=self.blob.toc_digest,
             entries=len(self.toc.entries),
             chunks=self.chunks_checked,
             uncompressed_bytes=self.reader.source.offset,
             members=len(self.members.starts),
+            trailing_bytes=trailing,
+            trailing_data_at=data_at,
         )
+
+    def _trailer(self) -> tuple[int, int]:
+        """Read what follows the end-of-archive marker; warn about data there."""
+        start = self.reader.end_offset
+        eoa = 2 * BLOCK
+        size = 0
+        data_at = -1
+        complete = True
+        for block in self._blocks(self.reader.read_trailer()):
+            if size > eoa + VERIFY_TRAILER:
+                # Real trailers are record padding, a few KiB; past this
+                # much, a blob of zeros would only cost time.
+                complete = False
+                break
+            if data_at < 0:
+                # The marker itself is zeros (the tar reader checked).
+                body = block[max(0, eoa - size) :]
+                stripped = body.lstrip(b"\0")
+                if stripped:
+                    data_at = start + size + len(block) - len(stripped)
+            size += len(block)
+        trailing = max(0, size - eoa)
+        if not complete:
+            log.warning(
+                "more than %d bytes follow the tar's end-of-archive marker; "
+                "verify read no further",
+                trailing,
+            )
+        if data_at >= 0:
+            log.warning(
+                "%d bytes follow the tar's end-of-archive marker, with data at "
+                "uncompressed offset %d: runtimes stop at the marker, `tar -i` "
+                "would read on",
+                trailing,
+                data_at,
+            )
+        return trailing, data_at
+
+    def _blocks(self, blocks: Iterator[bytes]) -> Iterator[bytes]:
+        try:
+            yield from blocks
+        except EStargzError as exc:
+            if isinstance(exc, VerificationError):
+                raise
+            raise self._fail(str(exc)) from exc
 
     def _stream_index(self, entry: TOCEntry) -> int:
         entries = self.by_name[entry.name]
@@ -743,6 +940,8 @@ class _StreamCheck:
                     file_hash.update(piece)
                     left -= len(piece)
             failure = self.members.failures.get(row)
+            if failure is None and row not in self.members.verified:
+                failure = "its digest was never checked"
             if failure is not None:
                 raise VerificationError(f"{self.blob._chunk_place(row)}: {failure}")
             self.chunks_checked += 1

@@ -17,7 +17,7 @@ import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, urlparse
 
 USER = "tester"
@@ -221,3 +221,134 @@ def skopeo(*args: str, creds: Optional[str] = None) -> str:
     if result.returncode:
         raise AssertionError(f"skopeo {' '.join(args)} failed: {result.stderr}")
     return result.stdout
+
+
+# -- a registry that answers what a test wants ------------------------------------
+
+
+Route = Callable[[BaseHTTPRequestHandler], None]
+
+
+class FakeRegistry:
+    """A small HTTP server on 127.0.0.1 posing as a registry (and its token
+    server): ``routes`` maps a path to a function that answers the request,
+    however hostile; other paths get 404.  ``requests`` records
+    ``METHOD PATH`` of every request."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        self.requests: list[str] = []
+        # Set on stop: endless and trickling answers end.
+        self.stopping = threading.Event()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def dispatch(self) -> None:
+                path = urlparse(self.path).path
+                fake.requests.append(f"{self.command} {path}")
+                route = fake.routes.get(path)
+                try:
+                    if route is None:
+                        send(self, b'{"errors":[{"code":"NOT_FOUND"}]}', status=404)
+                    else:
+                        route(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up, as it should
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = dispatch
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http.daemon_threads = True
+        self.port = self.http.server_address[1]
+        self.host = f"127.0.0.1:{self.port}"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def serve_image(
+        self,
+        repo: str,
+        tag: str,
+        manifest: bytes,
+        blobs: dict[str, bytes],
+        media_type: str = "application/vnd.oci.image.manifest.v1+json",
+    ) -> None:
+        """Answer for a manifest by tag and for blobs by digest."""
+        self.routes[f"/v2/{repo}/manifests/{tag}"] = lambda h: send(
+            h, manifest, content_type=media_type
+        )
+        for digest, data in blobs.items():
+            self.routes[f"/v2/{repo}/blobs/{digest}"] = blob_route(data)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.http.shutdown()
+        self.http.server_close()
+
+
+def blob_route(data: bytes) -> Route:
+    return lambda handler: send(handler, data, content_type="application/octet-stream")
+
+
+def send(
+    handler: BaseHTTPRequestHandler,
+    body: bytes,
+    *,
+    status: int = 200,
+    content_type: str = "application/json",
+    headers: Optional[dict[str, str]] = None,
+) -> None:
+    """A whole answer with its Content-Length."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(body)
+
+
+def endless(
+    handler: BaseHTTPRequestHandler,
+    stopping: threading.Event,
+    *,
+    content_type: str = "application/json",
+    declared: Optional[int] = None,
+) -> None:
+    """An answer that never ends (no Content-Length, or a false one): a
+    JSON-looking start, then spaces until the client hangs up."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", content_type)
+    if declared is not None:
+        handler.send_header("Content-Length", str(declared))
+    handler.end_headers()
+    handler.wfile.write(b'{"padding":"')
+    piece = b"x" * (1 << 16)
+    while not stopping.is_set():
+        handler.wfile.write(piece)
+
+
+def trickle(
+    handler: BaseHTTPRequestHandler,
+    stopping: threading.Event,
+    *,
+    every: float,
+    declared: int = 1_000_000,
+    in_headers: bool = False,
+) -> None:
+    """An answer sent one byte every ``every`` seconds: the body (of a
+    declared length), or with ``in_headers`` the headers themselves."""
+    wfile = handler.wfile
+    if in_headers:
+        wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+    else:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(declared))
+        handler.end_headers()
+    wfile.flush()
+    while not stopping.wait(every):
+        wfile.write(b"a" if in_headers else b" ")
+        wfile.flush()

@@ -7,17 +7,30 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import resource
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import pytest
 from helpers import make_oci_image, make_tar, sha256
-from registry import PASSWORD, USER, LocalRegistry, skopeo
+from registry import (
+    PASSWORD,
+    USER,
+    FakeRegistry,
+    LocalRegistry,
+    endless,
+    send,
+    skopeo,
+    trickle,
+)
 
 import estargz
+import estargz._registry
 from estargz.image import (
     LAYER_DIGEST,
     TOC_DIGEST,
@@ -450,3 +463,128 @@ def test_docker_types_kept_without_oci_for_registries(
         "application/vnd.docker.image.rootfs.diff.tar.gzip"
     }
     assert all(TOC_DIGEST in layer["annotations"] for layer in manifest["layers"])
+
+
+# -- hostile registries -------------------------------------------------------------
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeRegistry]:
+    server = FakeRegistry()
+    yield server
+    server.stop()
+
+
+def finishes(
+    function: Callable[[], Any], seconds: float
+) -> tuple[Optional[BaseException], float]:
+    """Run ``function`` in a thread: (its exception or None, seconds taken);
+    fails the test when it has not finished after ``seconds``."""
+    outcome: list[Optional[BaseException]] = []
+
+    def run() -> None:
+        try:
+            function()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still running after {seconds} s"
+    return outcome[0], time.monotonic() - started
+
+
+def convert_from_fake(fake: FakeRegistry, out: Path) -> Callable[[], Any]:
+    return lambda: convert_image(
+        f"docker://{fake.host}/x/app:1", f"oci:{out}:esgz", plain_http=True
+    )
+
+
+def test_endless_manifest_is_cut_at_the_limit(
+    fake: FakeRegistry, tmp_path: Path
+) -> None:
+    fake.routes["/v2/x/app/manifests/1"] = lambda h: endless(h, fake.stopping)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    error, _ = finishes(convert_from_fake(fake, tmp_path / "out"), 60)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert isinstance(error, estargz.RegistryError), error
+    assert "longer than the limit of 4194304 bytes" in str(error)
+    assert "manifest x/app:1" in str(error)
+    assert grown_mib < 200
+
+
+def test_oversized_declared_manifest_is_refused_up_front(
+    fake: FakeRegistry, tmp_path: Path
+) -> None:
+    fake.routes["/v2/x/app/manifests/1"] = lambda h: endless(
+        h, fake.stopping, declared=10_000_000_000
+    )
+    error, _ = finishes(convert_from_fake(fake, tmp_path / "out"), 60)
+    assert isinstance(error, estargz.RegistryError), error
+    assert "10000000000 bytes, more than the limit of 4194304" in str(error)
+
+
+@pytest.mark.parametrize("in_headers", [False, True], ids=["body", "headers"])
+def test_trickling_registry_meets_the_deadline(
+    fake: FakeRegistry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    in_headers: bool,
+) -> None:
+    # 1,000,000 bytes declared, one sent every 50 ms: each read is quick, the
+    # whole would take 14 hours.
+    monkeypatch.setattr(estargz._registry, "DOCUMENT_TIMEOUT", 1.5)
+    fake.routes["/v2/x/app/manifests/1"] = lambda h: trickle(
+        h, fake.stopping, every=0.05, in_headers=in_headers
+    )
+    error, seconds = finishes(convert_from_fake(fake, tmp_path / "out"), 30)
+    assert isinstance(error, estargz.RegistryError), error
+    assert "no complete answer within 1.5 s" in str(error)
+    assert seconds < 10
+
+
+def challenge(fake: FakeRegistry) -> Callable[[Any], None]:
+    return lambda h: send(
+        h,
+        b'{"errors":[{"code":"UNAUTHORIZED"}]}',
+        status=401,
+        headers={
+            "WWW-Authenticate": f'Bearer realm="http://{fake.host}/token",'
+            'service="fake",scope="repository:x/app:pull"'
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (b"[1,2]", "the answer is a JSON list, not an object"),
+        (b'"tok"', "the answer is a JSON str, not an object"),
+        (b"{not json", "the answer is not JSON"),
+        (b'{"token":5}', "no token in the answer"),
+        (b"{}", "no token in the answer"),
+        (b'{"token":"a\\r\\nInjected: 1"}', "characters an HTTP header cannot"),
+    ],
+)
+def test_hostile_token_answers(
+    fake: FakeRegistry, tmp_path: Path, answer: bytes, problem: str
+) -> None:
+    fake.routes["/v2/x/app/manifests/1"] = challenge(fake)
+    fake.routes["/token"] = lambda h: send(h, answer)
+    error, _ = finishes(convert_from_fake(fake, tmp_path / "out"), 60)
+    assert isinstance(error, estargz.RegistryError), repr(error)
+    prefix = f"token server http://{fake.host}/token: "
+    assert str(error).startswith(prefix) and problem in str(error), str(error)
+    assert "\n" not in str(error)
+
+
+def test_endless_token_answer_is_cut(fake: FakeRegistry, tmp_path: Path) -> None:
+    fake.routes["/v2/x/app/manifests/1"] = challenge(fake)
+    fake.routes["/token"] = lambda h: endless(h, fake.stopping)
+    error, _ = finishes(convert_from_fake(fake, tmp_path / "out"), 60)
+    assert isinstance(error, estargz.RegistryError), error
+    assert "longer than the limit of 1048576 bytes" in str(error)
+    assert "token server" in str(error)

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import base64
 import gzip
+import io
 import json
+import re
 import resource
+import shutil
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -465,7 +469,10 @@ def test_docker_types_kept_without_oci_for_registries(
     assert all(TOC_DIGEST in layer["annotations"] for layer in manifest["layers"])
 
 
-# -- hostile registries -------------------------------------------------------------
+# -- hostile registries, tampered layouts and archives, atomic outputs ----------------
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 @pytest.fixture
@@ -473,6 +480,50 @@ def fake() -> Iterator[FakeRegistry]:
     server = FakeRegistry()
     yield server
     server.stop()
+
+
+def fake_image(layers: list[bytes]) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """A valid OCI manifest and its blobs (config, gzip layers)."""
+    blobs: dict[str, bytes] = {}
+    descriptors = []
+    for layer in layers:
+        blob = gzip.compress(layer, mtime=0)
+        blobs[sha256(blob)] = blob
+        descriptors.append(
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": sha256(blob),
+                "size": len(blob),
+            }
+        )
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [sha256(x) for x in layers]},
+        }
+    ).encode()
+    blobs[sha256(config)] = config
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": sha256(config),
+            "size": len(config),
+        },
+        "layers": descriptors,
+    }
+    return manifest, blobs
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (hidden ones too) and its bytes."""
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
 
 
 def finishes(
@@ -514,6 +565,7 @@ def test_endless_manifest_is_cut_at_the_limit(
     assert "longer than the limit of 4194304 bytes" in str(error)
     assert "manifest x/app:1" in str(error)
     assert grown_mib < 200
+    assert not (tmp_path / "out").exists()
 
 
 def test_oversized_declared_manifest_is_refused_up_front(
@@ -525,6 +577,27 @@ def test_oversized_declared_manifest_is_refused_up_front(
     error, _ = finishes(convert_from_fake(fake, tmp_path / "out"), 60)
     assert isinstance(error, estargz.RegistryError), error
     assert "10000000000 bytes, more than the limit of 4194304" in str(error)
+
+
+def test_endless_config_and_layer_are_cut(fake: FakeRegistry, tmp_path: Path) -> None:
+    manifest, blobs = fake_image(LAYERS[:1])
+    config = manifest["config"]["digest"]
+    layer = manifest["layers"][0]
+    fake.serve_image("x/app", "1", json.dumps(manifest).encode(), blobs)
+    # A config that never ends: cut at the document limit.
+    fake.routes[f"/v2/x/app/blobs/{config}"] = lambda h: endless(h, fake.stopping)
+    error, _ = finishes(convert_from_fake(fake, tmp_path / "out"), 60)
+    assert isinstance(error, estargz.RegistryError), error
+    assert f"blob x/app@{config}" in str(error) and "limit" in str(error)
+    # A layer that never ends: streamed, and cut one byte past its size.
+    fake.serve_image("x/app", "1", json.dumps(manifest).encode(), blobs)
+    fake.routes[f"/v2/x/app/blobs/{layer['digest']}"] = lambda h: endless(
+        h, fake.stopping, content_type="application/octet-stream"
+    )
+    error, _ = finishes(convert_from_fake(fake, tmp_path / "out"), 60)
+    assert isinstance(error, estargz.RegistryError), error
+    assert f"more than the {layer['size']} bytes of its descriptor" in str(error)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("in_headers", [False, True], ids=["body", "headers"])
@@ -588,3 +661,393 @@ def test_endless_token_answer_is_cut(fake: FakeRegistry, tmp_path: Path) -> None
     assert isinstance(error, estargz.RegistryError), error
     assert "longer than the limit of 1048576 bytes" in str(error)
     assert "token server" in str(error)
+
+
+def malformed(case: str, blobs: dict[str, bytes]) -> bytes:
+    """The manifest of ``fake_image`` broken as ``case`` says (adding any
+    blob the case needs to ``blobs``)."""
+    manifest, more = fake_image(LAYERS[:1])
+    blobs.update(more)
+    if case == "not-json":
+        return b'{"schemaVersion": 2, "config": '
+    if case == "list":
+        return b"[]"
+    if case == "deep":
+        return b"[" * 100_000
+    if case == "layer-without-digest":
+        del manifest["layers"][0]["digest"]
+    elif case == "layers-string":
+        manifest["layers"] = "abc"
+    elif case == "layers-numbers":
+        manifest["layers"] = [1, 2]
+    elif case == "no-config":
+        del manifest["config"]
+    elif case == "uppercase-digest":
+        manifest["layers"][0]["digest"] = "sha256:" + "A" * 64
+    elif case == "short-digest":
+        manifest["layers"][0]["digest"] = "sha256:abc"
+    elif case == "md5-digest":
+        manifest["layers"][0]["digest"] = "md5:" + "a" * 32
+    elif case == "negative-size":
+        manifest["layers"][0]["size"] = -1
+    elif case == "string-size":
+        manifest["layers"][0]["size"] = "12"
+    elif case == "boolean-size":
+        manifest["config"]["size"] = True
+    elif case == "media-type-number":
+        manifest["mediaType"] = 5
+    elif case == "annotation-number":
+        manifest["layers"][0]["annotations"] = {"a": 1}
+    elif case in ("config-list", "config-diff-ids", "config-rootfs"):
+        config = {
+            "config-list": b"[1]",
+            "config-diff-ids": b'{"rootfs":{"diff_ids":[5]}}',
+            "config-rootfs": b'{"rootfs":"layers"}',
+        }[case]
+        blobs[sha256(config)] = config
+        manifest["config"].update(digest=sha256(config), size=len(config))
+    elif case == "schema-1":
+        manifest["schemaVersion"] = 1
+    elif case == "says-index":
+        manifest["mediaType"] = OCI_INDEX
+    return json.dumps(manifest).encode()
+
+
+MALFORMED = {
+    "not-json": r"manifest sha256:\w+: not valid JSON: Expecting value",
+    "list": r"manifest sha256:\w+: the document is a list, not a JSON object",
+    "deep": r"manifest sha256:\w+: not valid JSON: nested too deeply",
+    "layer-without-digest": r"manifest sha256:\w+: layers\[0\]\.digest is missing",
+    "layers-string": r"layers is a string, not a list",
+    "layers-numbers": r"layers\[0\] is a number, not a descriptor object",
+    "no-config": r"manifest sha256:\w+: config is missing",
+    "uppercase-digest": r"layers\[0\]\.digest is 'sha256:AAAA.*not a digest",
+    "short-digest": r"layers\[0\]\.digest is 'sha256:abc', not a digest",
+    "md5-digest": r"layers\[0\]\.digest is 'md5:a+', not a digest",
+    "negative-size": r"layers\[0\]\.size is negative \(-1\)",
+    "string-size": r"layers\[0\]\.size is a string, not an integer",
+    "boolean-size": r"config\.size is a boolean, not an integer",
+    "media-type-number": r"mediaType is a number, not a string",
+    "annotation-number": r"layers\[0\]\.annotations\['a'\] is a number",
+    "config-list": r"config sha256:\w+: the document is a list, not a JSON object",
+    "config-diff-ids": r"config sha256:\w+: rootfs\.diff_ids\[0\] is 5, not a digest",
+    "config-rootfs": r"config sha256:\w+: rootfs is a string, not an object",
+    "schema-1": r"schemaVersion is 1, not 2",
+    "says-index": r"its mediaType is application/vnd.oci.image.index.v1\+json, "
+    r"its descriptor says application/vnd.oci.image.manifest.v1\+json",
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_manifests_from_a_registry(
+    fake: FakeRegistry, tmp_path: Path, case: str
+) -> None:
+    blobs: dict[str, bytes] = {}
+    fake.serve_image("x/app", "1", malformed(case, blobs), blobs)
+    out = tmp_path / "out"
+    with pytest.raises(estargz.ConversionError) as caught:
+        convert_image(
+            f"docker://{fake.host}/x/app:1", f"oci:{out}:esgz", plain_http=True
+        )
+    message = str(caught.value)
+    assert re.search(MALFORMED[case], message), message
+    assert message.startswith(f"docker://{fake.host}/x/app:1: ")
+    assert "\n" not in message
+    assert not out.exists()
+
+
+def test_malformed_index_from_a_registry(fake: FakeRegistry, tmp_path: Path) -> None:
+    manifest, blobs = fake_image(LAYERS[:1])
+    data = json.dumps(manifest).encode()
+    entry = {"mediaType": OCI_MANIFEST, "digest": sha256(data), "size": len(data)}
+    for platform, problem in [
+        ("linux", r"manifests\[0\]\.platform is a string, not an object"),
+        ({"os": "linux"}, r"manifests\[0\]\.platform\.architecture is missing"),
+        ({"os": "linux", "architecture": 1}, r"platform\.architecture is a number"),
+    ]:
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX}
+        index["manifests"] = [dict(entry, platform=platform)]
+        fake.routes["/v2/x/app/manifests/1"] = lambda h, i=index: send(
+            h, json.dumps(i).encode(), content_type=OCI_INDEX
+        )
+        with pytest.raises(estargz.ConversionError, match=problem):
+            convert_image(
+                f"docker://{fake.host}/x/app:1",
+                f"oci:{tmp_path / 'out'}:esgz",
+                plain_http=True,
+            )
+    # An index entry whose manifest is not the size it says.
+    fake.serve_image("x/app", sha256(data), data, blobs)
+    index = {"schemaVersion": 2, "manifests": [dict(entry, size=len(data) + 1)]}
+    fake.routes["/v2/x/app/manifests/1"] = lambda h: send(
+        h, json.dumps(index).encode(), content_type=OCI_INDEX
+    )
+    with pytest.raises(estargz.RegistryError, match="its descriptor says"):
+        convert_image(
+            f"docker://{fake.host}/x/app:1",
+            f"oci:{tmp_path / 'out'}:esgz",
+            plain_http=True,
+            all_platforms=True,
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_malformed_manifest_is_one_line(fake: FakeRegistry, tmp_path: Path) -> None:
+    for case in ("list", "layers-numbers", "no-config"):
+        blobs: dict[str, bytes] = {}
+        fake.serve_image("x/app", "1", malformed(case, blobs), blobs)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "estargz",
+                "image",
+                "convert",
+                f"docker://{fake.host}/x/app:1",
+                f"oci:{tmp_path / 'out'}:esgz",
+                "--plain-http",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert re.search(MALFORMED[case], result.stderr), result.stderr
+    fake.routes["/v2/x/app/manifests/1"] = challenge(fake)
+    fake.routes["/token"] = lambda h: send(h, b"[1,2]")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "estargz",
+            "image",
+            "convert",
+            f"docker://{fake.host}/x/app:1",
+            f"oci:{tmp_path / 'out'}:esgz",
+            "--plain-http",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "token server" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def layout_blob(layout: Path, data: bytes) -> str:
+    digest = sha256(data)
+    (layout / "blobs" / "sha256" / digest[7:]).write_bytes(data)
+    return digest
+
+
+def test_malformed_documents_in_layouts_and_archives(
+    images: Path, tmp_path: Path
+) -> None:
+    layout = tmp_path / "layout"
+    shutil.copytree(images / "single", layout)
+    out = tmp_path / "out"
+    index = json.loads((layout / "index.json").read_text())
+    # A manifest (stored under its right digest) with numbers for layers.
+    broken = b'{"schemaVersion":2,"config":{"digest":"sha256:' + b"0" * 64
+    broken += b'","size":2},"layers":[1]}'
+    index["manifests"].append(
+        {
+            "mediaType": OCI_MANIFEST,
+            "digest": layout_blob(layout, broken),
+            "size": len(broken),
+            "annotations": {"org.opencontainers.image.ref.name": "broken"},
+        }
+    )
+    (layout / "index.json").write_text(json.dumps(index))
+    with pytest.raises(
+        estargz.ConversionError,
+        match=r"manifest sha256:\w+: layers\[0\] is a number, not a descriptor",
+    ):
+        convert_image(f"oci:{layout}:broken", f"oci:{out}:x")
+    # index.json itself.
+    (layout / "index.json").write_text('{"schemaVersion":2,"manifests":"x"}')
+    with pytest.raises(
+        estargz.ConversionError, match=r"index.json: manifests is a string"
+    ):
+        convert_image(f"oci:{layout}:v1", f"oci:{out}:x")
+    (layout / "index.json").write_text('{"manifests":[{"digest":"sha256:1"}]}')
+    with pytest.raises(
+        estargz.ConversionError, match=r"manifests\[0\]\.digest is 'sha256:1'"
+    ):
+        convert_image(f"oci:{layout}:v1", f"oci:{out}:x")
+    # A broken destination layout is refused before any work.
+    with pytest.raises(estargz.ConversionError, match=r"index.json: manifests\[0\]"):
+        convert_image(f"oci:{images / 'single'}:v1", f"oci:{layout}:x")
+    assert not out.exists()
+    # A docker archive's manifest.json.
+    for entries, problem in [
+        ([{"Config": 5}], r"manifest.json: \[0\]\.Config is a number"),
+        ({"Config": "x"}, r"manifest.json: is an object, not a list"),
+        ([{"Config": "c.json", "Layers": [1]}], r"\[0\]\.Layers\[0\] is a number"),
+        ([{"Config": "nope.json"}], r"names 'nope.json', which the archive does not"),
+    ]:
+        archive = tmp_path / "broken.tar"
+        with tarfile.open(archive, "w") as tar:
+            data = json.dumps(entries).encode()
+            info = tarfile.TarInfo("manifest.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        with pytest.raises(estargz.ConversionError, match=problem):
+            convert_image(f"docker-archive:{archive}", f"oci:{out}:x")
+    assert not out.exists()
+
+
+def tampered_layout(tmp_path: Path) -> tuple[Path, str]:
+    """A layout of plain-tar layers whose first layer was replaced by a tar
+    of the same size and names but other content (a valid layer)."""
+    layout = tmp_path / "tampered"
+    make_oci_image(layout, LAYERS, tag="v1", compress=False)
+    digest = sha256(LAYERS[0])
+    evil = LAYERS[0].replace(b"127.0.0.1 localhost\n", b"6.6.6.6   localhost\n")
+    assert len(evil) == len(LAYERS[0]) and evil != LAYERS[0]
+    blob(layout, digest).write_bytes(evil)
+    return layout, digest
+
+
+def test_tampered_layout_layer_is_refused(tmp_path: Path) -> None:
+    layout, digest = tampered_layout(tmp_path)
+    out = tmp_path / "out"
+    with pytest.raises(estargz.ConversionError) as caught:
+        convert_image(f"oci:{layout}:v1", f"oci:{out}:esgz")
+    message = str(caught.value)
+    assert f"blob {digest}: the content's digest is sha256:" in message
+    assert f"not {digest}" in message and "\n" not in message
+    # Nothing is left where the output was to go.
+    assert not out.exists()
+    # A replaced blob of another length is caught before it is read, a
+    # gzip one too.
+    gz = tmp_path / "gz"
+    make_oci_image(gz, LAYERS, tag="v1")
+    manifest = json.loads(skopeo("inspect", "--raw", f"oci:{gz}:v1"))
+    layer = manifest["layers"][1]["digest"]
+    blob(gz, layer).write_bytes(gzip.compress(b"not the layer"))
+    with pytest.raises(
+        estargz.ConversionError, match=f"blob {layer}: .* its descriptor says"
+    ):
+        convert_image(f"oci:{gz}:v1", f"oci:{out}:esgz")
+    assert not out.exists()
+
+
+def test_tampered_layout_config_and_manifest_are_refused(
+    images: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    layout = tmp_path / "layout"
+    shutil.copytree(images / "single", layout)
+    index = json.loads((layout / "index.json").read_text())
+    manifest_digest = index["manifests"][0]["digest"]
+    manifest_path = blob(layout, manifest_digest)
+    manifest_bytes = manifest_path.read_bytes()
+    manifest = json.loads(manifest_bytes)
+    # The config with another diff_id of the same length.
+    config_path = blob(layout, manifest["config"]["digest"])
+    config = config_path.read_bytes()
+    diff_id = json.loads(config)["rootfs"]["diff_ids"][0]
+    config_path.write_bytes(config.replace(diff_id.encode(), b"sha256:" + b"e" * 64))
+    with pytest.raises(
+        estargz.ConversionError,
+        match=f"blob {manifest['config']['digest']}: the content's digest",
+    ):
+        convert_image(f"oci:{layout}:v1", f"oci:{out}:esgz")
+    config_path.write_bytes(config)
+    # The manifest, pointing at another (present) layer blob.
+    layers = manifest["layers"]
+    swapped = manifest_bytes.replace(
+        layers[0]["digest"].encode(), layers[1]["digest"].encode(), 1
+    )
+    manifest_path.write_bytes(swapped)
+    with pytest.raises(
+        estargz.ConversionError, match=f"blob {manifest_digest}: the content's digest"
+    ):
+        convert_image(f"oci:{layout}:v1", f"oci:{out}:esgz")
+    assert not out.exists()
+
+
+def test_tampered_copied_layer_is_refused(images: Path, tmp_path: Path) -> None:
+    # Layers that are eStargz already are copied as they are: checked too.
+    first = tmp_path / "first"
+    convert_image(f"oci:{images / 'single'}:v1", f"oci:{first}:esgz")
+    manifest = json.loads(skopeo("inspect", "--raw", f"oci:{first}:esgz"))
+    layer = manifest["layers"][2]
+    path = blob(first, layer["digest"])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    with pytest.raises(
+        estargz.ConversionError, match=f"blob {layer['digest']}: the content's digest"
+    ):
+        convert_image(f"oci:{first}:esgz", f"oci:{out}:copy")
+    assert not out.exists()
+
+
+def test_tampered_docker_archive_layer_is_refused(images: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "app.tar"
+    skopeo("copy", f"oci:{images / 'single'}:v1", f"docker-archive:{archive}:a:1")
+    data = archive.read_bytes()
+    assert data.count(b"127.0.0.1 localhost\n") == 1
+    archive.write_bytes(
+        data.replace(b"127.0.0.1 localhost\n", b"6.6.6.6   localhost\n")
+    )
+    out = tmp_path / "out"
+    with pytest.raises(estargz.ConversionError) as caught:
+        convert_image(f"docker-archive:{archive}", f"oci:{out}:esgz")
+    digest = sha256(LAYERS[0])
+    assert f"(blob {digest}): the content's digest is" in str(caught.value)
+    assert not out.exists()
+
+
+def test_failed_conversion_leaves_an_existing_layout_as_it_was(
+    images: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    convert_image(f"oci:{images / 'single'}:v1", f"oci:{out}:good")
+    before = files_of(out)
+    layout, _ = tampered_layout(tmp_path)
+    # Three layers at once: the two sound ones are converted and written
+    # before the failure of the third, then taken away again.
+    events: list[dict[str, Any]] = []
+    with pytest.raises(estargz.ConversionError, match="the content's digest"):
+        convert_image(
+            f"oci:{layout}:v1",
+            f"oci:{out}:bad",
+            external_toc=True,
+            progress=events.append,
+        )
+    assert any(e.get("state") == "done" for e in events)
+    assert files_of(out) == before
+    # A directory that exists but is empty stays so.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(estargz.ConversionError, match="the content's digest"):
+        convert_image(f"oci:{layout}:v1", f"oci:{empty}:bad")
+    assert empty.is_dir() and not any(empty.iterdir())
+    # A nested destination: every directory made is removed.
+    with pytest.raises(estargz.ConversionError, match="the content's digest"):
+        convert_image(f"oci:{layout}:v1", f"oci:{tmp_path / 'a' / 'b' / 'c'}:bad")
+    assert not (tmp_path / "a").exists()
+    # And a successful run still makes the layout, skopeo reads it.
+    convert_image(f"oci:{images / 'single'}:v1", f"oci:{tmp_path / 'a' / 'b'}:ok")
+    skopeo("inspect", f"oci:{tmp_path / 'a' / 'b'}:ok")
+
+
+@pytest.mark.needs_registry
+def test_failed_conversion_tags_nothing_in_a_registry(
+    registry: LocalRegistry, tmp_path: Path
+) -> None:
+    layout, _ = tampered_layout(tmp_path)
+    destination = f"docker://{registry.host}/tampered/app:esgz"
+    with pytest.raises(estargz.ConversionError, match="the content's digest"):
+        convert_image(
+            f"oci:{layout}:v1", destination, plain_http=True, external_toc=True
+        )
+    for reference in (destination, destination + "-esgztoc"):
+        with pytest.raises(AssertionError, match="manifest unknown"):
+            skopeo("inspect", "--tls-verify=false", "--raw", reference)

@@ -13,17 +13,24 @@ thread budget; a layer used twice converts once); its descriptor gets the
 ``rootfs.diff_ids`` follow the new layers, and other blobs are copied as
 they are.  With an external TOC, the TOC image (DST's tag plus
 ``-esgztoc``) is written next to the image, as ``ctr-remote`` does.
+
+Sources are not trusted: every manifest, index and config is checked for
+its structure and read whole only up to 4 MiB, and every blob is checked
+against its digest and size as it streams, from a registry, an OCI layout
+or a docker archive alike.
 """
 
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import os
 import platform as host_platform
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
 import threading
@@ -32,18 +39,22 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Optional, Union
+from typing import Any, BinaryIO, Callable, Optional, Protocol, Union, cast
 
 from estargz import _native
 from estargz._registry import (
+    DIGEST,
     DOCKER_LIST,
     DOCKER_MANIFEST,
+    MANIFEST_TYPES,
+    MAX_DOCUMENT,
     OCI_INDEX,
     OCI_MANIFEST,
     RegistryClient,
+    new_hasher,
 )
 from estargz._util import cpu_count
-from estargz.errors import ConversionError, EStargzError, InputError
+from estargz.errors import ConversionError, EStargzError, InputError, RegistryError
 from estargz.writer import ConvertResult, convert
 
 __all__ = [
@@ -173,6 +184,205 @@ def _docker_reference(text: str, rest: str) -> ImageReference:
     )
 
 
+# -- documents -------------------------------------------------------------------
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+_EXPECTED = {dict: "an object", list: "a list", str: "a string", int: "an integer"}
+
+
+class _Document:
+    """Checks the structure of one JSON document of an image (a manifest,
+    an index, a config, a docker archive's manifest.json).  Every problem is
+    a one-line :class:`ConversionError` naming the document and the field."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def error(self, field: str, problem: str) -> ConversionError:
+        return ConversionError(f"{self.what}: {field} {problem}")
+
+    def load(self, data: bytes) -> dict[str, Any]:
+        try:
+            document = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            problem = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+            raise ConversionError(f"{self.what}: not valid JSON: {problem}") from exc
+        if not isinstance(document, dict):
+            raise ConversionError(
+                f"{self.what}: the document is {_kind(document)}, not a JSON object"
+            )
+        return document
+
+    def field(
+        self,
+        obj: dict[str, Any],
+        key: str,
+        path: str,
+        expected: type,
+        required: bool = False,
+    ) -> Any:
+        """``obj[key]`` when it is of type ``expected``; None when absent
+        (or null) and not ``required``."""
+        name = f"{path}.{key}" if path else key
+        value = obj.get(key)
+        if value is None:
+            if required:
+                problem = "is missing" if key not in obj else "is null"
+                raise self.error(name, problem)
+            return None
+        if not isinstance(value, expected) or (
+            expected is int and isinstance(value, bool)
+        ):
+            raise self.error(name, f"is {_kind(value)}, not {_EXPECTED[expected]}")
+        return value
+
+    def strings(self, obj: dict[str, Any], key: str, path: str) -> None:
+        """An optional list of strings."""
+        values = self.field(obj, key, path, list)
+        for i, value in enumerate(values or []):
+            if not isinstance(value, str):
+                name = f"{path}.{key}" if path else key
+                raise self.error(f"{name}[{i}]", f"is {_kind(value)}, not a string")
+
+    def string_map(self, obj: dict[str, Any], key: str, path: str) -> None:
+        """An optional object of strings (annotations, labels)."""
+        values = self.field(obj, key, path, dict)
+        for name, value in (values or {}).items():
+            if not isinstance(value, str):
+                where = f"{path}.{key}" if path else key
+                raise self.error(
+                    f"{where}[{_show(name)}]", f"is {_kind(value)}, not a string"
+                )
+
+    def digest(self, obj: dict[str, Any], key: str, path: str) -> str:
+        value: str = self.field(obj, key, path, str, required=True)
+        if not DIGEST.fullmatch(value):
+            name = f"{path}.{key}" if path else key
+            raise self.error(
+                name,
+                f"is {_show(value)}, not a digest (sha256: and 64 lowercase hex "
+                "digits, or sha512: and 128)",
+            )
+        return value
+
+    def descriptor(self, value: Any, path: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.error(path, f"is {_kind(value)}, not a descriptor object")
+        self.field(value, "mediaType", path, str)
+        self.digest(value, "digest", path)
+        size = self.field(value, "size", path, int, required=True)
+        if size < 0:
+            raise self.error(f"{path}.size", f"is negative ({size})")
+        self.string_map(value, "annotations", path)
+        self.strings(value, "urls", path)
+        platform = self.field(value, "platform", path, dict)
+        if platform is not None:
+            where = f"{path}.platform"
+            self.field(platform, "architecture", where, str, required=True)
+            self.field(platform, "os", where, str, required=True)
+            self.field(platform, "variant", where, str)
+            self.field(platform, "os.version", where, str)
+            self.strings(platform, "os.features", where)
+            self.strings(platform, "features", where)
+        return value
+
+    def schema(self, document: dict[str, Any]) -> None:
+        version = self.field(document, "schemaVersion", "", int)
+        if version is not None and version != 2:
+            raise self.error(
+                "schemaVersion", f"is {version}, not 2 (only schema 2 is supported)"
+            )
+        self.field(document, "mediaType", "", str)
+        self.string_map(document, "annotations", "")
+
+
+def _parse_manifest(data: bytes, what: str) -> dict[str, Any]:
+    """An image manifest (OCI or Docker schema 2), its structure checked."""
+    doc = _Document(what)
+    manifest = doc.load(data)
+    doc.schema(manifest)
+    if "manifests" in manifest and "config" not in manifest:
+        raise ConversionError(f"{what}: an index, not an image manifest")
+    doc.descriptor(doc.field(manifest, "config", "", dict, required=True), "config")
+    layers = doc.field(manifest, "layers", "", list, required=True)
+    for i, layer in enumerate(layers):
+        doc.descriptor(layer, f"layers[{i}]")
+    return manifest
+
+
+def _parse_index(data: bytes, what: str) -> dict[str, Any]:
+    """An image index (or Docker manifest list), its structure checked."""
+    doc = _Document(what)
+    index = doc.load(data)
+    doc.schema(index)
+    manifests = doc.field(index, "manifests", "", list, required=True)
+    for i, manifest in enumerate(manifests):
+        doc.descriptor(manifest, f"manifests[{i}]")
+    return index
+
+
+def _parse_config(data: bytes, what: str) -> dict[str, Any]:
+    """An image config: an object whose ``rootfs.diff_ids`` are digests."""
+    doc = _Document(what)
+    config = doc.load(data)
+    rootfs = doc.field(config, "rootfs", "", dict)
+    if rootfs is not None:
+        doc.field(rootfs, "type", "rootfs", str)
+        for i, diff_id in enumerate(
+            doc.field(rootfs, "diff_ids", "rootfs", list) or []
+        ):
+            if not isinstance(diff_id, str) or not DIGEST.fullmatch(diff_id):
+                raise doc.error(
+                    f"rootfs.diff_ids[{i}]", f"is {_show(diff_id)}, not a digest"
+                )
+    return config
+
+
+def _is_index(media_type: str, document: dict[str, Any]) -> bool:
+    if media_type in (OCI_INDEX, DOCKER_LIST):
+        return True
+    if media_type in (OCI_MANIFEST, DOCKER_MANIFEST):
+        return False
+    return "manifests" in document and "config" not in document
+
+
+def _check_media_type(document: dict[str, Any], claimed: str, what: str) -> None:
+    """A document's own mediaType must not contradict what its descriptor
+    (or the registry) says it is: an index for a manifest, or the reverse.
+    (Docker and OCI types of the same kind pass, as containerd lets them.)"""
+    own = document.get("mediaType")
+    indexes = (OCI_INDEX, DOCKER_LIST)
+    if (
+        own in MANIFEST_TYPES
+        and claimed in MANIFEST_TYPES
+        and (own in indexes) != (claimed in indexes)
+    ):
+        raise ConversionError(
+            f"{what}: its mediaType is {own}, its descriptor says {claimed}"
+        )
+
+
 # -- stores ----------------------------------------------------------------------
 
 
@@ -183,13 +393,111 @@ def _sha256(data: bytes) -> str:
 def _media_type_of(data: bytes, default: str) -> str:
     try:
         value = json.loads(data).get("mediaType")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return default
     return value if isinstance(value, str) else default
 
 
+class _BlobStream(Protocol):
+    """A blob being read: ``finish`` reads what is left and checks it
+    against its digest (and size)."""
+
+    def readinto(self, buffer: Any, /) -> int: ...
+
+    def finish(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc_info: Any) -> Any: ...
+
+
+def _read_upto(stream: _BlobStream, size: int) -> bytes:
+    """At most ``size`` bytes of a stream."""
+    data = bytearray(size)
+    view = memoryview(data)
+    done = 0
+    while done < size:
+        n = stream.readinto(view[done:])
+        if not n:
+            break
+        done += n
+    view.release()
+    del data[done:]
+    return bytes(data)
+
+
+class _Verified(io.RawIOBase):
+    """A blob read from a local file (an OCI layout's, a docker archive's
+    member), checked against its digest and size as it streams: the bytes a
+    digest names are the only ones that get converted or copied."""
+
+    def __init__(
+        self, inner: Any, digest: str, size: Optional[int], where: str
+    ) -> None:
+        self._inner = inner
+        self._digest = digest
+        self._size = size
+        self._where = where
+        self._hash = new_hasher(digest)
+        self._count = 0
+        self._checked = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._checked or not len(view):
+            return 0
+        if self._size is not None:
+            # Never more than one byte past the size.
+            view = view[: self._size - self._count + 1]
+        n: int = self._inner.readinto(view) or 0
+        if n:
+            self._hash.update(view[:n])
+            self._count += n
+            if self._size is not None and self._count > self._size:
+                raise ConversionError(
+                    f"{self._where}: longer than the {self._size} bytes its "
+                    "descriptor gives"
+                )
+            return n
+        self._check()
+        return 0
+
+    def _check(self) -> None:
+        if self._size is not None and self._count != self._size:
+            raise ConversionError(
+                f"{self._where}: {self._count} bytes, its descriptor says {self._size}"
+            )
+        algorithm = self._digest.partition(":")[0]
+        found = f"{algorithm}:{self._hash.hexdigest()}"
+        if found != self._digest:
+            raise ConversionError(
+                f"{self._where}: the content's digest is {found}, not "
+                f"{self._digest} (modified or corrupt)"
+            )
+        self._checked = True
+
+    def finish(self) -> None:
+        buffer = bytearray(1 << 20)
+        while self.readinto(buffer):
+            pass
+        if not self._checked:
+            self._check()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._inner.close()
+        super().close()
+
+
 class _Store:
-    """Where blobs and manifests of an image are read or written."""
+    """Where blobs and manifests of an image are read or written.  Every
+    blob read by digest is checked against that digest (and its size, when
+    the descriptor gives one)."""
 
     reference: ImageReference
 
@@ -197,15 +505,29 @@ class _Store:
         """The image's manifest or index: ``(bytes, media type, digest)``."""
         raise NotImplementedError
 
-    def manifest(self, digest: str, media_type: str) -> bytes:
+    def manifest(self, digest: str, media_type: str, size: Optional[int]) -> bytes:
         raise NotImplementedError
 
-    def open_blob(self, digest: str) -> BinaryIO:
+    def open_blob(self, digest: str, size: Optional[int] = None) -> _BlobStream:
         raise NotImplementedError
 
-    def read_blob(self, digest: str) -> bytes:
-        with self.open_blob(digest) as f:
-            return f.read()
+    def read_blob(self, digest: str, size: Optional[int] = None) -> bytes:
+        """A small blob (a manifest, a config) whole: at most
+        :data:`MAX_DOCUMENT` bytes."""
+        if size is not None and size > MAX_DOCUMENT:
+            raise ConversionError(
+                f"{self.reference}: blob {digest} is {size} bytes, more than the "
+                f"limit of {MAX_DOCUMENT} for a manifest or config"
+            )
+        with self.open_blob(digest, size) as f:
+            data = _read_upto(f, MAX_DOCUMENT + 1)
+            if len(data) > MAX_DOCUMENT:
+                raise ConversionError(
+                    f"{self.reference}: blob {digest} is more than the limit of "
+                    f"{MAX_DOCUMENT} bytes for a manifest or config"
+                )
+            f.finish()
+        return data
 
     def has_blob(self, digest: str) -> bool:
         raise ConversionError(f"{self.reference}: cannot be written to")
@@ -214,13 +536,21 @@ class _Store:
         raise ConversionError(f"{self.reference}: cannot be written to")
 
     def copy_blob(self, source: _Store, digest: str, size: int, work: Path) -> str:
-        """Copy a blob from ``source``; returns what was done."""
+        """Copy a blob from ``source`` (checked as it is read); returns what
+        was done."""
         if self.has_blob(digest):
             return "present"
-        spool = work / f"copy-{digest[7:]}"
-        with source.open_blob(digest) as f, spool.open("wb") as out:
-            shutil.copyfileobj(f, out, 1 << 20)
+        spool = work / f"copy-{digest.partition(':')[2]}"
         try:
+            with source.open_blob(digest, size) as f, spool.open("wb") as out:
+                buffer = bytearray(1 << 20)
+                view = memoryview(buffer)
+                while True:
+                    n = f.readinto(view)
+                    if not n:
+                        break
+                    out.write(view[:n])
+                f.finish()
             self.put_blob(spool, digest, size)
         finally:
             spool.unlink(missing_ok=True)
@@ -229,50 +559,116 @@ class _Store:
     def put_manifest(self, data: bytes, media_type: str, tag: Optional[str]) -> str:
         raise ConversionError(f"{self.reference}: cannot be written to")
 
-    def close(self) -> None:
-        pass
+    def commit(self) -> None:
+        """Make what was written visible (a destination, after success)."""
+
+    def abort(self) -> None:
+        """Undo what was written (a destination, after a failure)."""
+
+
+def _read_file(path: Path, limit: int, what: str) -> bytes:
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ConversionError(f"{what}: more than the limit of {limit} bytes")
+    return data
 
 
 class OCILayout(_Store):
-    """An OCI image layout directory."""
+    """An OCI image layout directory.
+
+    As a destination (``create``) nothing is written before the first blob,
+    and ``index.json`` changes only in :meth:`commit`; :meth:`abort` removes
+    every file and directory this run created, so a failed conversion
+    leaves no layout behind, and an existing one as it was.
+    """
 
     def __init__(self, reference: ImageReference, create: bool = False) -> None:
         self.reference = reference
         self.root = Path(reference.path)
         self._lock = threading.Lock()
+        # What this run created (files, then directories), for abort.
+        self._created: list[Path] = []
+        self._created_dirs: list[Path] = []
+        # Tags to add to index.json at commit: ref name -> descriptor.
+        self._tags: dict[str, dict[str, Any]] = {}
         if create:
-            (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
-            layout = self.root / "oci-layout"
-            if not layout.exists():
-                layout.write_text('{"imageLayoutVersion":"1.0.0"}')
-            if not (self.root / "index.json").exists():
-                self._write_index(
-                    {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
-                )
+            if (self.root / "index.json").exists():
+                self._index()  # a broken layout fails now, not after the work
+            elif self.root.exists() and not self.root.is_dir():
+                raise ConversionError(f"{reference}: {self.root} is not a directory")
         elif not (self.root / "index.json").is_file():
             raise InputError(f"{reference}: not an OCI layout (no index.json)")
 
     def _index(self) -> dict[str, Any]:
+        what = f"{self.reference}: index.json"
         try:
-            index: dict[str, Any] = json.loads((self.root / "index.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{self.reference}: bad index.json: {exc}") from exc
-        return index
+            data = _read_file(self.root / "index.json", MAX_DOCUMENT, what)
+        except OSError as exc:
+            raise InputError(f"{what}: cannot be read: {exc}") from exc
+        return _parse_index(data, what)
 
     def _write_index(self, index: dict[str, Any]) -> None:
         path = self.root / "index.json"
-        partial = path.with_suffix(".json.part")
-        partial.write_text(json.dumps(index, separators=(",", ":")))
-        os.replace(partial, path)
+        fd, partial = tempfile.mkstemp(prefix=".index.json.", dir=self.root)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(index, separators=(",", ":")))
+            os.replace(partial, path)
+        except BaseException:
+            Path(partial).unlink(missing_ok=True)
+            raise
 
     def _blob_path(self, digest: str) -> Path:
-        algorithm, _, hex_digest = digest.partition(":")
-        if algorithm not in ("sha256", "sha512") or not hex_digest.isalnum():
+        if not DIGEST.fullmatch(digest):
             raise InputError(f"{self.reference}: {digest!r} is not a digest")
+        algorithm, _, hex_digest = digest.partition(":")
         return self.root / "blobs" / algorithm / hex_digest
 
+    def _mkdirs(self, path: Path) -> None:
+        """``mkdir -p``, remembering the directories it made."""
+        missing = []
+        while not path.exists():
+            missing.append(path)
+            if path.parent == path:
+                break
+            path = path.parent
+        for directory in reversed(missing):
+            try:
+                directory.mkdir()
+            except FileExistsError:
+                continue
+            self._created_dirs.append(directory)
+
+    def _prepare(self, directory: Path) -> None:
+        """The layout's skeleton and ``directory`` (under blobs/), made when
+        the first blob is written."""
+        with self._lock:
+            self._mkdirs(directory)
+            layout = self.root / "oci-layout"
+            if not layout.exists():
+                layout.write_text('{"imageLayoutVersion":"1.0.0"}')
+                self._created.append(layout)
+
+    def _write_blob(self, digest: str, write: Callable[[Path], None]) -> None:
+        target = self._blob_path(digest)
+        if target.exists():
+            return
+        self._prepare(target.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{target.name[:16]}.", dir=target.parent)
+        os.close(fd)
+        partial = Path(name)
+        try:
+            write(partial)
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        with self._lock:
+            self._created.append(target)
+
     def resolve(self) -> tuple[bytes, str, str]:
-        manifests = self._index().get("manifests") or []
+        manifests = self._index()["manifests"]
         name = self.reference.name
         if name:
             found = [
@@ -291,61 +687,97 @@ class OCILayout(_Store):
                 f"{self.reference}: {what}; it holds {', '.join(names) or 'none'}"
             )
         descriptor = found[0]
-        data = self.read_blob(descriptor["digest"])
+        data = self.read_blob(descriptor["digest"], descriptor["size"])
         return (
             data,
             descriptor.get("mediaType") or _media_type_of(data, OCI_MANIFEST),
             descriptor["digest"],
         )
 
-    def manifest(self, digest: str, media_type: str) -> bytes:
-        return self.read_blob(digest)
+    def manifest(self, digest: str, media_type: str, size: Optional[int]) -> bytes:
+        return self.read_blob(digest, size)
 
-    def open_blob(self, digest: str) -> BinaryIO:
+    def open_blob(self, digest: str, size: Optional[int] = None) -> _BlobStream:
+        path = self._blob_path(digest)
+        where = f"{self.reference}: blob {digest}"
         try:
-            return self._blob_path(digest).open("rb")
+            f = path.open("rb", buffering=0)
         except OSError as exc:
-            raise InputError(
-                f"{self.reference}: blob {digest} is missing: {exc}"
-            ) from exc
+            raise InputError(f"{where} is missing: {exc}") from exc
+        if size is not None:
+            # A different length shows before a byte is read.
+            info = os.fstat(f.fileno())
+            if stat.S_ISREG(info.st_mode) and info.st_size != size:
+                f.close()
+                raise ConversionError(
+                    f"{where}: {info.st_size} bytes, its descriptor says {size} "
+                    "(modified or corrupt)"
+                )
+        return _Verified(f, digest, size, where)
 
     def has_blob(self, digest: str) -> bool:
         return self._blob_path(digest).exists()
 
     def put_blob(self, path: Path, digest: str, size: int) -> None:
-        target = self._blob_path(digest)
-        if target.exists():
-            return
-        partial = target.with_name(target.name + ".part")
-        shutil.copyfile(path, partial)
-        os.replace(partial, target)
+        def write(partial: Path) -> None:
+            shutil.copyfile(path, partial)
+
+        self._write_blob(digest, write)
 
     def put_manifest(self, data: bytes, media_type: str, tag: Optional[str]) -> str:
         digest = _sha256(data)
-        target = self._blob_path(digest)
-        if not target.exists():
-            partial = target.with_name(target.name + ".part")
+
+        def write(partial: Path) -> None:
             partial.write_bytes(data)
-            os.replace(partial, target)
+
+        self._write_blob(digest, write)
         if tag is not None:
             with self._lock:
-                index = self._index()
-                manifests = [
-                    m
-                    for m in index.get("manifests") or []
-                    if (m.get("annotations") or {}).get(REF_NAME) != tag
-                ]
-                manifests.append(
-                    {
-                        "mediaType": media_type,
-                        "digest": digest,
-                        "size": len(data),
-                        "annotations": {REF_NAME: tag},
-                    }
-                )
-                index["manifests"] = manifests
-                self._write_index(index)
+                self._tags[tag] = {
+                    "mediaType": media_type,
+                    "digest": digest,
+                    "size": len(data),
+                    "annotations": {REF_NAME: tag},
+                }
         return digest
+
+    def commit(self) -> None:
+        """Write the new tags into ``index.json`` (created when new)."""
+        with self._lock:
+            if not self._tags and not self._created:
+                return
+            self._mkdirs(self.root)
+            if (self.root / "index.json").exists():
+                index = self._index()
+            else:
+                index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+            manifests = [
+                m
+                for m in index["manifests"]
+                if (m.get("annotations") or {}).get(REF_NAME) not in self._tags
+            ]
+            index["manifests"] = manifests + list(self._tags.values())
+            self._write_index(index)
+            self._tags.clear()
+            self._created.clear()
+            self._created_dirs.clear()
+
+    def abort(self) -> None:
+        """Remove what this run created; index.json was not touched."""
+        with self._lock:
+            for path in reversed(self._created):
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:
+                    log.warning("cannot remove %s: %s", path, exc)
+            for directory in reversed(self._created_dirs):
+                try:
+                    directory.rmdir()
+                except OSError:
+                    pass  # not empty: someone else wrote there too
+            self._tags.clear()
+            self._created.clear()
+            self._created_dirs.clear()
 
 
 class _Slice:
@@ -382,6 +814,9 @@ class _Slice:
         self.close()
 
 
+_HEX64 = re.compile(r"[a-f0-9]{64}")
+
+
 class DockerArchive(_Store):
     """A ``docker save`` archive, read in place (source only)."""
 
@@ -397,25 +832,55 @@ class DockerArchive(_Store):
                 }
         except (OSError, tarfile.TarError) as exc:
             raise InputError(f"{reference}: not a docker archive: {exc}") from exc
+        if "manifest.json" not in self._members:
+            raise InputError(f"{reference}: not a docker archive (no manifest.json)")
+        what = f"{reference}: manifest.json"
         try:
             entries = json.loads(self._read_member("manifest.json"))
-        except (KeyError, ValueError) as exc:
-            raise InputError(f"{reference}: no readable manifest.json") from exc
+        except (ValueError, RecursionError) as exc:
+            raise ConversionError(f"{what}: not valid JSON") from exc
+        if not isinstance(entries, list):
+            raise ConversionError(f"{what}: is {_kind(entries)}, not a list")
+        doc = _Document(what)
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                raise doc.error(f"[{i}]", f"is {_kind(entry)}, not an object")
+            doc.field(entry, "Config", f"[{i}]", str, required=True)
+            doc.strings(entry, "Layers", f"[{i}]")
+            doc.strings(entry, "RepoTags", f"[{i}]")
         self._entry = self._choose(entries)
         self._blobs: dict[str, str] = {}
 
     def _read_member(self, name: str) -> bytes:
-        offset, size = self._members[name]
+        """A small member (manifest.json, a config) whole."""
+        offset, size = self._member(name)
+        if size > MAX_DOCUMENT:
+            raise ConversionError(
+                f"{self.reference}: {name} is {size} bytes, more than the limit "
+                f"of {MAX_DOCUMENT}"
+            )
         with _Slice(self.path, offset, size) as f:
             return f.read()
+
+    def _member(self, name: str) -> tuple[int, int]:
+        try:
+            return self._members[name.lstrip("./")]
+        except KeyError:
+            raise ConversionError(
+                f"{self.reference}: manifest.json names {name!r}, which the "
+                "archive does not hold"
+            ) from None
 
     def _choose(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
         name = self.reference.name
         if name and name.startswith("@"):
-            try:
-                return entries[int(name[1:])]
-            except (ValueError, IndexError) as exc:
-                raise InputError(f"{self.reference}: no image {name}") from exc
+            number = name[1:]
+            if not number.isdigit() or int(number) >= len(entries):
+                raise InputError(
+                    f"{self.reference}: no image {name} "
+                    f"(it holds {len(entries)}: @0 to @{len(entries) - 1})"
+                )
+            return entries[int(number)]
         if name:
             wanted = {name, f"docker.io/{name}", f"docker.io/library/{name}"}
             for entry in entries:
@@ -434,15 +899,21 @@ class DockerArchive(_Store):
         config = self._read_member(config_name)
         config_digest = _sha256(config)
         self._blobs[config_digest] = config_name
-        diff_ids = json.loads(config).get("rootfs", {}).get("diff_ids") or []
+        diff_ids = (
+            _parse_config(config, f"{self.reference}: config {config_name}").get(
+                "rootfs"
+            )
+            or {}
+        ).get("diff_ids") or []
         layers = []
         for i, layer_name in enumerate(self._entry.get("Layers") or []):
-            offset, size = self._members[layer_name]
+            offset, size = self._member(layer_name)
             with _Slice(self.path, offset, min(size, 4)) as f:
                 head = f.read(4)
             compressed = head[:2] == b"\x1f\x8b" or head == b"\x28\xb5\x2f\xfd"
-            if layer_name.startswith("blobs/sha256/"):
-                digest = "sha256:" + layer_name.rsplit("/", 1)[1]
+            base = layer_name.lstrip("./")
+            if base.startswith("blobs/sha256/") and _HEX64.fullmatch(base[13:]):
+                digest = "sha256:" + base[13:]  # checked as it is read
             elif not compressed and i < len(diff_ids):
                 digest = diff_ids[i]  # checked against the bytes as they are read
             else:
@@ -472,60 +943,19 @@ class DockerArchive(_Store):
         data = json.dumps(manifest, separators=(",", ":")).encode()
         return data, DOCKER_MANIFEST, _sha256(data)
 
-    def open_blob(self, digest: str) -> BinaryIO:
+    def open_blob(self, digest: str, size: Optional[int] = None) -> _BlobStream:
         name = self._blobs.get(digest)
         if name is None:
             raise InputError(f"{self.reference}: no blob {digest}")
-        offset, size = self._members[name]
-        return _Checked(
-            _Slice(self.path, offset, size), digest, f"{self.reference}: {name}"
-        )  # type: ignore[return-value]
-
-
-class _Checked:
-    """Passes reads through and checks the digest at the end."""
-
-    def __init__(self, inner: Any, digest: str, where: str) -> None:
-        self._inner = inner
-        self._digest = digest
-        self._where = where
-        self._hash = _native.Sha256()
-
-    def _check(self) -> None:
-        found = "sha256:" + self._hash.hexdigest()
-        if found != self._digest:
-            raise InputError(
-                f"{self._where}: its digest is {found}, not {self._digest}"
+        offset, member_size = self._member(name)
+        where = f"{self.reference}: {name} (blob {digest})"
+        if size is not None and size != member_size:
+            raise ConversionError(
+                f"{where}: {member_size} bytes, its descriptor says {size}"
             )
-
-    def read(self, size: int = -1) -> bytes:
-        data: bytes = self._inner.read(size)
-        if data:
-            self._hash.update(data)
-        elif size != 0:
-            self._check()
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        n: int = self._inner.readinto(view)
-        if n:
-            self._hash.update(view[:n])
-        elif len(view):
-            self._check()
-        return n
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def __enter__(self) -> _Checked:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        return _Verified(
+            _Slice(self.path, offset, member_size), digest, member_size, where
+        )
 
 
 class Registry(_Store):
@@ -540,12 +970,20 @@ class Registry(_Store):
         target = self.reference.digest or self.reference.tag or "latest"
         return self.client.get_manifest(self.repository, target)
 
-    def manifest(self, digest: str, media_type: str) -> bytes:
+    def manifest(self, digest: str, media_type: str, size: Optional[int]) -> bytes:
         data, _, _ = self.client.get_manifest(self.repository, digest)
+        if size is not None and len(data) != size:
+            raise RegistryError(
+                f"{self.reference}: manifest {digest} is {len(data)} bytes, "
+                f"its descriptor says {size}"
+            )
         return data
 
-    def open_blob(self, digest: str) -> BinaryIO:
-        return self.client.open_blob(self.repository, digest)  # type: ignore[return-value]
+    def read_blob(self, digest: str, size: Optional[int] = None) -> bytes:
+        return self.client.get_blob(self.repository, digest, size)
+
+    def open_blob(self, digest: str, size: Optional[int] = None) -> _BlobStream:
+        return self.client.open_blob(self.repository, digest, size)
 
     def has_blob(self, digest: str) -> bool:
         return self.client.blob_size(self.repository, digest) is not None
@@ -744,20 +1182,30 @@ class _Converter:
             else None
         )
         try:
-            with self.source.open_blob(digest) as stream:
-                result: ConvertResult = convert(
-                    stream,
-                    blob,
-                    compression_level=options.compression_level,
-                    chunk_size=options.chunk_size,
-                    min_chunk_size=options.min_chunk_size,
-                    prioritized_files=options.prioritized_files,
-                    allow_missing_prioritized=options.allow_missing_prioritized,
-                    external_toc=toc,
-                    keep_diff_id=options.keep_diff_id,
-                    threads=options.threads,
-                    executor=self.pool,
-                )
+            with self.source.open_blob(digest, descriptor["size"]) as stream:
+                try:
+                    result: ConvertResult = convert(
+                        cast(BinaryIO, stream),
+                        blob,
+                        compression_level=options.compression_level,
+                        chunk_size=options.chunk_size,
+                        min_chunk_size=options.min_chunk_size,
+                        prioritized_files=options.prioritized_files,
+                        allow_missing_prioritized=options.allow_missing_prioritized,
+                        external_toc=toc,
+                        keep_diff_id=options.keep_diff_id,
+                        threads=options.threads,
+                        executor=self.pool,
+                    )
+                except EStargzError:
+                    if isinstance(stream, _Verified):
+                        # A local blob that does not convert may have been
+                        # replaced: that is the error to report, if so.
+                        stream.finish()
+                    raise
+                # The converter stops at the end of the tar; what follows is
+                # part of the blob and its digest too.
+                stream.finish()
         except EStargzError as exc:
             raise type(exc)(f"layer {digest}: {exc}") from exc
         self.destination.put_blob(blob, result.blob_digest, result.blob_size)
@@ -791,13 +1239,13 @@ class _Converter:
         digest = descriptor["digest"]
         started = time.perf_counter()
         action = self.destination.copy_blob(
-            self.source, digest, descriptor.get("size", 0), self.work
+            self.source, digest, descriptor["size"], self.work
         )
         self._event(kind="layer", digest=digest, state=action)
         return LayerReport(
             digest,
             digest,
-            descriptor.get("size", 0),
+            descriptor["size"],
             action,
             seconds=time.perf_counter() - started,
         )
@@ -806,7 +1254,12 @@ class _Converter:
         """Convert (or copy) every distinct layer, concurrently."""
         unique: dict[str, dict[str, Any]] = {}
         for descriptor in descriptors:
-            unique.setdefault(descriptor["digest"], descriptor)
+            first = unique.setdefault(descriptor["digest"], descriptor)
+            if first["size"] != descriptor["size"]:
+                raise ConversionError(
+                    f"layer {descriptor['digest']}: described with sizes "
+                    f"{first['size']} and {descriptor['size']}"
+                )
         results: dict[str, LayerReport] = {}
 
         def job(descriptor: dict[str, Any]) -> LayerReport:
@@ -832,17 +1285,30 @@ class _Converter:
 
     # -- manifests --
 
+    def config(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """The config of a manifest, read and checked."""
+        descriptor = manifest["config"]
+        return _parse_config(
+            self.source.read_blob(descriptor["digest"], descriptor["size"]),
+            f"{self.source.reference}: config {descriptor['digest']}",
+        )
+
     def manifest(
-        self, data: bytes, media_type: str, results: dict[str, LayerReport]
+        self,
+        manifest: dict[str, Any],
+        media_type: str,
+        results: dict[str, LayerReport],
+        config: dict[str, Any],
     ) -> tuple[bytes, str]:
-        """The converted manifest (bytes, media type); its blobs are written."""
-        manifest = json.loads(data)
+        """The converted manifest (bytes, media type); its blobs are written.
+        ``manifest`` has been through :func:`_parse_manifest`, ``config``
+        through :func:`_parse_config`."""
         oci = self.options.oci or media_type == OCI_MANIFEST
         config_descriptor = manifest["config"]
-        config = json.loads(self.source.read_blob(config_descriptor["digest"]))
+        config = copy.deepcopy(config)
         diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
         layers = []
-        for i, layer in enumerate(manifest.get("layers") or []):
+        for i, layer in enumerate(manifest["layers"]):
             report = results[layer["digest"]]
             if (
                 report.action not in ("converted", "reused")
@@ -881,7 +1347,9 @@ class _Converter:
                     )
                 diff_ids[i] = report.diff_id
         if diff_ids:
-            config.setdefault("rootfs", {})["diff_ids"] = diff_ids
+            if not isinstance(config.get("rootfs"), dict):
+                config["rootfs"] = {}
+            config["rootfs"]["diff_ids"] = diff_ids
         config_bytes = json.dumps(config, separators=(",", ":")).encode()
         config_digest = self._put_bytes(config_bytes)
         new_config = dict(config_descriptor)
@@ -982,9 +1450,17 @@ def convert_image(
     :param credentials: ``(user, password)`` for registries (default: the
         docker config file)
     :param progress: called with a dict per event (layer started, done...)
-    :raises ConversionError: options or addresses that do not fit
-    :raises InputError: a malformed source image or layer
-    :raises RegistryError: a registry refused a request
+    :raises ConversionError: options or addresses that do not fit; a
+        malformed manifest, index or config (the message names the document
+        and the field); a blob of an OCI layout or docker archive whose bytes
+        do not match its digest or size
+    :raises InputError: a malformed source layer, a missing blob
+    :raises RegistryError: a registry refused a request, or answered with
+        too much, too slowly or the wrong bytes
+
+    Nothing is tagged at the destination unless the whole conversion
+    succeeds; a destination OCI layout gets its ``index.json`` entries last,
+    and a failed run removes every file and directory it created there.
     """
     started = time.perf_counter()
     src_ref = parse_reference(source) if isinstance(source, str) else source
@@ -1017,111 +1493,142 @@ def convert_image(
     clients: dict[str, RegistryClient] = {}
     src = _open_store(src_ref, False, clients, plain_http, credentials)
     dst = _open_store(dst_ref, True, clients, plain_http, credentials)
-    with tempfile.TemporaryDirectory(prefix="estargz-image-", dir=work_dir) as tmp:
-        converter = _Converter(src, dst, options, Path(tmp), progress)
-        top, top_type, top_digest = src.resolve()
-        if top_type in (DOCKER_MANIFEST, DOCKER_LIST) and not oci:
-            log.warning(
-                "%s has Docker media types; converting without --oci keeps them, "
-                "and some registries drop the eStargz annotations of Docker manifests",
-                src_ref,
+    try:
+        with tempfile.TemporaryDirectory(prefix="estargz-image-", dir=work_dir) as tmp:
+            converter = _Converter(src, dst, options, Path(tmp), progress)
+            report = _convert_image(
+                src, dst, converter, options, platforms, all_platforms
             )
-        # The manifests to convert.
-        if top_type in (OCI_INDEX, DOCKER_LIST):
-            index = json.loads(top)
-            wanted = list(platforms or [host_platform_name()])
-            chosen = [
-                m
-                for m in index.get("manifests") or []
-                if all_platforms or any(_platform_matches(p, m) for p in wanted)
-            ]
-            if not chosen:
-                raise ConversionError(
-                    f"{src_ref}: no manifest for {', '.join(wanted)}; "
-                    "use --platform or --all-platforms"
-                )
-            manifests = [
-                (m, src.manifest(m["digest"], m.get("mediaType", OCI_MANIFEST)))
-                for m in chosen
-            ]
-        else:
-            index = None
-            manifests = [({"digest": top_digest, "mediaType": top_type}, top)]
-        for descriptor, data in manifests:
-            media = descriptor.get("mediaType") or _media_type_of(data, OCI_MANIFEST)
-            if media not in (OCI_MANIFEST, DOCKER_MANIFEST):
-                raise ConversionError(
-                    f"{src_ref}: {descriptor['digest']} is a {media}, "
-                    "not an image manifest"
-                )
-        # Layers, all at once: concurrent, each distinct one converted once.
-        layer_descriptors = [
-            layer
-            for _, data in manifests
-            for layer in json.loads(data).get("layers") or []
-        ]
-        # Layers are read, converted and written side by side (a few at a
-        # time: downloads and uploads overlap with compression), all on one
-        # pool of ``budget`` compression threads.
-        distinct = len({layer["digest"] for layer in layer_descriptors})
-        options.jobs = max(1, min(distinct, budget + 1, 4))
-        options.threads = budget
-        results = converter.layers(layer_descriptors)
-        seen: set[str] = set()
-        reports = []
-        for layer in layer_descriptors:
-            layer_report = copy.copy(results[layer["digest"]])
-            if layer["digest"] in seen and layer_report.action == "converted":
-                layer_report.action = "reused"
-            seen.add(layer["digest"])
-            reports.append(layer_report)
-        # Manifests, then the index.
-        new_descriptors = []
-        tag = (
-            dst_ref.name
-            if dst_ref.transport == "oci"
-            else (dst_ref.tag if not dst_ref.digest else None)
-        )
-        for descriptor, data in manifests:
-            media = descriptor.get("mediaType") or _media_type_of(data, OCI_MANIFEST)
-            new_data, new_media = converter.manifest(data, media, results)
-            digest = dst.put_manifest(
-                new_data, new_media, None if index is not None else (tag or "latest")
-            )
-            new_descriptor = {
-                k: v
-                for k, v in descriptor.items()
-                if k not in ("digest", "size", "mediaType")
-            }
-            new_descriptor.update(
-                mediaType=new_media, digest=digest, size=len(new_data)
-            )
-            new_descriptors.append((new_descriptor, new_data, new_media, digest))
-        if index is not None:
-            new_index = dict(index)
-            index_media = OCI_INDEX if (oci or top_type == OCI_INDEX) else DOCKER_LIST
-            if "mediaType" in index or index_media == DOCKER_LIST:
-                new_index["mediaType"] = index_media
-            new_index["manifests"] = [d for d, _, _, _ in new_descriptors]
-            out_data = json.dumps(new_index, separators=(",", ":")).encode()
-            out_media = index_media
-            out_digest = dst.put_manifest(out_data, out_media, tag or "latest")
-        else:
-            _, out_data, out_media, out_digest = new_descriptors[0]
-        report = ImageReport(
-            source=str(src_ref),
-            source_digest=top_digest,
-            destination=str(dst_ref),
-            digest=out_digest,
-            media_type=out_media,
-            layers=reports,
-        )
-        if external_toc:
-            toc_ref = dst_ref.toc_image()
-            toc_data, toc_media = converter.toc_image()
-            toc_tag = toc_ref.name if toc_ref.transport == "oci" else toc_ref.tag
-            report.toc_image = str(toc_ref)
-            report.toc_image_digest = dst.put_manifest(toc_data, toc_media, toc_tag)
+        # A layout's index.json names the new image only now.
+        dst.commit()
+    except BaseException:
+        dst.abort()
+        raise
     report.seconds = time.perf_counter() - started
-    log.info("converted %s to %s (%d layers)", src_ref, dst_ref, len(reports))
+    log.info("converted %s to %s (%d layers)", src_ref, dst_ref, len(report.layers))
+    return report
+
+
+def _convert_image(
+    src: _Store,
+    dst: _Store,
+    converter: _Converter,
+    options: _Options,
+    platforms: Optional[Sequence[str]],
+    all_platforms: bool,
+) -> ImageReport:
+    src_ref = src.reference
+    dst_ref = dst.reference
+    oci = options.oci
+    budget = options.threads
+    top, top_type, top_digest = src.resolve()
+    kind = "index" if top_type in (OCI_INDEX, DOCKER_LIST) else "manifest"
+    top_document = _Document(f"{src_ref}: {kind} {top_digest}").load(top)
+    if top_type in (DOCKER_MANIFEST, DOCKER_LIST) and not oci:
+        log.warning(
+            "%s has Docker media types; converting without --oci keeps them, "
+            "and some registries drop the eStargz annotations of Docker manifests",
+            src_ref,
+        )
+    # The manifests to convert: (descriptor, bytes, parsed).
+    manifests: list[tuple[dict[str, Any], bytes, dict[str, Any]]]
+    index: Optional[dict[str, Any]] = None
+    if _is_index(top_type, top_document):
+        what = f"{src_ref}: index {top_digest}"
+        _check_media_type(top_document, top_type, what)
+        index = _parse_index(top, what)
+        wanted = list(platforms or [host_platform_name()])
+        chosen = [
+            m
+            for m in index["manifests"]
+            if all_platforms or any(_platform_matches(p, m) for p in wanted)
+        ]
+        if not chosen:
+            raise ConversionError(
+                f"{src_ref}: no manifest for {', '.join(wanted)}; "
+                "use --platform or --all-platforms"
+            )
+        manifests = []
+        for m in chosen:
+            data = src.manifest(
+                m["digest"], m.get("mediaType", OCI_MANIFEST), m["size"]
+            )
+            manifests.append((m, data, {}))
+    else:
+        manifests = [({"digest": top_digest, "mediaType": top_type}, top, {})]
+    for i, (descriptor, data, _) in enumerate(manifests):
+        what = f"{src_ref}: manifest {descriptor['digest']}"
+        media = descriptor.get("mediaType") or _media_type_of(data, OCI_MANIFEST)
+        if media not in (OCI_MANIFEST, DOCKER_MANIFEST):
+            raise ConversionError(
+                f"{src_ref}: {descriptor['digest']} is a {media}, not an image manifest"
+            )
+        parsed = _parse_manifest(data, what)
+        _check_media_type(parsed, media, what)
+        manifests[i] = (descriptor, data, parsed)
+    # Configs before any work, so that a broken one fails early.
+    configs = [converter.config(parsed) for _, _, parsed in manifests]
+    # Layers, all at once: concurrent, each distinct one converted once.
+    layer_descriptors = [
+        layer for _, _, parsed in manifests for layer in parsed["layers"]
+    ]
+    # Layers are read, converted and written side by side (a few at a
+    # time: downloads and uploads overlap with compression), all on one
+    # pool of ``budget`` compression threads.
+    distinct = len({layer["digest"] for layer in layer_descriptors})
+    options.jobs = max(1, min(distinct, budget + 1, 4))
+    options.threads = budget
+    results = converter.layers(layer_descriptors)
+    seen: set[str] = set()
+    reports = []
+    for layer in layer_descriptors:
+        layer_report = copy.copy(results[layer["digest"]])
+        if layer["digest"] in seen and layer_report.action == "converted":
+            layer_report.action = "reused"
+        seen.add(layer["digest"])
+        reports.append(layer_report)
+    # Manifests, then the index; tags come last, the TOC image's before the
+    # image's, so that a tag never names something half written.
+    new_descriptors = []
+    tag = (
+        dst_ref.name
+        if dst_ref.transport == "oci"
+        else (dst_ref.tag if not dst_ref.digest else None)
+    )
+    for (descriptor, data, parsed), config in zip(manifests, configs):
+        media = descriptor.get("mediaType") or _media_type_of(data, OCI_MANIFEST)
+        new_data, new_media = converter.manifest(parsed, media, results, config)
+        digest = dst.put_manifest(new_data, new_media, None)
+        new_descriptor = {
+            k: v
+            for k, v in descriptor.items()
+            if k not in ("digest", "size", "mediaType")
+        }
+        new_descriptor.update(mediaType=new_media, digest=digest, size=len(new_data))
+        new_descriptors.append((new_descriptor, new_data, new_media, digest))
+    if index is not None:
+        new_index = dict(index)
+        index_media = OCI_INDEX if (oci or top_type == OCI_INDEX) else DOCKER_LIST
+        if "mediaType" in index or index_media == DOCKER_LIST:
+            new_index["mediaType"] = index_media
+        new_index["manifests"] = [d for d, _, _, _ in new_descriptors]
+        out_data = json.dumps(new_index, separators=(",", ":")).encode()
+        out_media = index_media
+    else:
+        _, out_data, out_media, _ = new_descriptors[0]
+    report = ImageReport(
+        source=str(src_ref),
+        source_digest=top_digest,
+        destination=str(dst_ref),
+        digest="",
+        media_type=out_media,
+        layers=reports,
+    )
+    if options.external_toc:
+        toc_ref = dst_ref.toc_image()
+        toc_data, toc_media = converter.toc_image()
+        toc_tag = toc_ref.name if toc_ref.transport == "oci" else toc_ref.tag
+        report.toc_image = str(toc_ref)
+        report.toc_image_digest = dst.put_manifest(toc_data, toc_media, toc_tag)
+    report.digest = dst.put_manifest(out_data, out_media, tag or "latest")
     return report

@@ -233,11 +233,12 @@ class FakeRegistry:
     """A small HTTP server on 127.0.0.1 posing as a registry (and its token
     server): ``routes`` maps a path to a function that answers the request,
     however hostile; other paths get 404.  ``requests`` records
-    ``METHOD PATH`` of every request."""
+    ``METHOD PATH`` of every request, ``headers`` its headers."""
 
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
         self.requests: list[str] = []
+        self.headers: list[dict[str, str]] = []
         # Set on stop: endless and trickling answers end.
         self.stopping = threading.Event()
         fake = self
@@ -246,6 +247,7 @@ class FakeRegistry:
             def dispatch(self) -> None:
                 path = urlparse(self.path).path
                 fake.requests.append(f"{self.command} {path}")
+                fake.headers.append(dict(self.headers.items()))
                 route = fake.routes.get(path)
                 try:
                     if route is None:
@@ -316,13 +318,17 @@ def endless(
     *,
     content_type: str = "application/json",
     declared: Optional[int] = None,
+    status: int = 200,
+    headers: Optional[dict[str, str]] = None,
 ) -> None:
     """An answer that never ends (no Content-Length, or a false one): a
-    JSON-looking start, then spaces until the client hangs up."""
-    handler.send_response(200)
+    JSON-looking start, then more until the client hangs up."""
+    handler.send_response(status)
     handler.send_header("Content-Type", content_type)
     if declared is not None:
         handler.send_header("Content-Length", str(declared))
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
     handler.end_headers()
     handler.wfile.write(b'{"padding":"')
     piece = b"x" * (1 << 16)

@@ -663,6 +663,67 @@ def test_endless_token_answer_is_cut(fake: FakeRegistry, tmp_path: Path) -> None
     assert "token server" in str(error)
 
 
+def test_redirects_with_endless_bodies_and_to_other_hosts(
+    fake: FakeRegistry, tmp_path: Path
+) -> None:
+    manifest, blobs = fake_image(LAYERS[:1])
+    layer = manifest["layers"][0]["digest"]
+    config = manifest["config"]["digest"]
+    storage = FakeRegistry()  # where the registry sends blob downloads
+    try:
+
+        def authorized(route: Callable[[Any], None]) -> Callable[[Any], None]:
+            def answer(h: Any) -> None:
+                if h.headers.get("Authorization") != "Bearer secret":
+                    challenge(fake)(h)
+                else:
+                    route(h)
+
+            return answer
+
+        fake.routes["/token"] = lambda h: send(h, b'{"token":"secret"}')
+        data = json.dumps(manifest).encode()
+        fake.routes["/v2/x/app/manifests/1"] = authorized(
+            lambda h: send(h, data, content_type=OCI_MANIFEST)
+        )
+        # The config: a redirect whose body never ends, on the same host.
+        fake.routes[f"/v2/x/app/blobs/{config}"] = authorized(
+            lambda h: endless(
+                h, fake.stopping, status=307, headers={"Location": "/storage/config"}
+            )
+        )
+        fake.routes["/storage/config"] = lambda h: send(h, blobs[config])
+        # The layer: to another host, which must not get the registry's token.
+        fake.routes[f"/v2/x/app/blobs/{layer}"] = authorized(
+            lambda h: send(
+                h,
+                b"",
+                status=307,
+                headers={"Location": f"http://{storage.host}/layer?signed=1"},
+            )
+        )
+        storage.routes["/layer"] = lambda h: send(h, blobs[layer])
+        error, _ = finishes(convert_from_fake(fake, tmp_path / "out"), 60)
+        assert error is None, error
+        assert storage.requests == ["GET /layer"]
+        assert "Authorization" not in storage.headers[0]
+        assert "GET /storage/config" in fake.requests
+        assert any(h.get("Authorization") == "Bearer secret" for h in fake.headers)
+        manifest_out, config_out = manifest_of(tmp_path / "out", "esgz")
+        check_converted(tmp_path / "out", manifest_out, config_out)
+        # A redirect loop ends.
+        fake.routes["/loop"] = lambda h: send(
+            h, b"", status=302, headers={"Location": "/loop"}
+        )
+        fake.routes[f"/v2/x/app/blobs/{config}"] = authorized(
+            lambda h: send(h, b"", status=302, headers={"Location": "/loop"})
+        )
+        with pytest.raises(estargz.RegistryError, match="more than 5 redirects"):
+            convert_from_fake(fake, tmp_path / "loop")()
+    finally:
+        storage.stop()
+
+
 def malformed(case: str, blobs: dict[str, bytes]) -> bytes:
     """The manifest of ``fake_image`` broken as ``case`` says (adding any
     blob the case needs to ``blobs``)."""

@@ -52,6 +52,8 @@ MAX_ERROR_BODY = 8192
 # Seconds a whole small request (manifest, config, token, the answer to an
 # upload) may take, however slowly the server trickles its answer.
 DOCUMENT_TIMEOUT = 120.0
+MAX_REDIRECTS = 5
+_REDIRECTS = (301, 302, 303, 307, 308)
 # The digests this package can check.
 DIGEST = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
@@ -397,24 +399,52 @@ class RegistryClient:
         body: Any = None,
         deadline: Optional[_Deadline] = None,
     ) -> Any:
-        """One request; the body of the answer is left unread."""
-        options: dict[str, Any] = {}
-        if deadline is not None:
-            options["timeout"] = deadline.timeout(self.timeout)
-        _active.deadline = deadline
-        try:
-            return self._http.request(
-                method,
-                url,
-                headers=headers,
-                body=body,
-                preload_content=False,
-                decode_content=False,
-                redirect=method in ("GET", "HEAD"),
-                **options,
+        """One request; the body of the answer is left unread.  GET and HEAD
+        follow redirects (at most 5), here rather than in urllib3, which
+        would read a redirect's whole body into memory, however long."""
+        for _ in range(MAX_REDIRECTS + 1):
+            options: dict[str, Any] = {}
+            if deadline is not None:
+                options["timeout"] = deadline.timeout(self.timeout)
+            _active.deadline = deadline
+            try:
+                raw = self._http.request(
+                    method,
+                    url,
+                    headers=headers,
+                    body=body,
+                    preload_content=False,
+                    decode_content=False,
+                    redirect=False,
+                    **options,
+                )
+            finally:
+                _active.deadline = None
+            location = raw.headers.get("Location")
+            if (
+                raw.status not in _REDIRECTS
+                or method not in ("GET", "HEAD")
+                or not location
+            ):
+                return raw
+            # The redirect's body is thrown away: a little of it is read (so
+            # the connection can serve again), else the connection is closed.
+            self._read_body(
+                raw,
+                f"{method} {url}",
+                deadline or _Deadline(self.document_timeout),
+                MAX_ERROR_BODY,
+                strict=False,
             )
-        finally:
-            _active.deadline = None
+            target = urljoin(url, location)
+            if urlsplit(target).netloc != urlsplit(url).netloc:
+                # Credentials are for the registry, not for where it sends us
+                # (a storage service).
+                headers = {
+                    k: v for k, v in headers.items() if k.lower() != "authorization"
+                }
+            url = target
+        raise RegistryError(f"{method} {url}: more than {MAX_REDIRECTS} redirects")
 
     def _read_body(
         self,

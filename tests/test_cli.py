@@ -307,11 +307,20 @@ def test_deep_paths_list_verify_and_extract(tmp_path: Path, deep_target: Path) -
 
 
 def test_hostile_names_and_numbers_are_one_line_errors(tmp_path: Path) -> None:
-    # A NUL in a name: a tar can carry it in a PAX record; it converts, and
-    # every reader command refuses it in one line.
+    # A NUL in a name: a tar can carry it in a PAX record, which convert
+    # refuses as Go does; a TOC can carry it too, which every reader command
+    # refuses in one line.
     layer, blob = tmp_path / "nul.tar", tmp_path / "nul.esgz"
     layer.write_bytes(pax_tar([("x", {"path": "a\x00b"})]))
-    estargz("convert", str(layer), str(blob))
+    one_line_error(
+        estargz("convert", str(layer), str(blob), check=False),
+        "tar: entry 'a\\x00b' at offset 1024: a NUL byte in the name",
+    )
+    blob.write_bytes(
+        blob_with_toc(
+            b'{"version": 1, "entries": [{"name": "a\\u0000b", "type": "dir"}]}'
+        )
+    )
     for command in (["ls"], ["verify"], ["extract", str(tmp_path / "x")]):
         one_line_error(
             estargz(command[0], str(blob), *command[1:], check=False),

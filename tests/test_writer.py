@@ -495,6 +495,86 @@ def test_malformed_input_is_refused_and_leaves_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.esgz"]
 
 
+def test_prioritized_file_whose_parent_has_no_entry(tmp_path: Path) -> None:
+    # Go moves parents first and fails on one without an entry; say which.
+    layer = tmp_path / "l.tar"
+    layer.write_bytes(make_tar([("lib/json/decoder.py", b"x")]))
+    with pytest.raises(
+        estargz.InputError,
+        match="prioritized file 'lib/json/decoder.py': 'lib/json', which must come "
+        "before it .* has no entry",
+    ):
+        convert(layer, tmp_path, prioritized_files=["lib/json/decoder.py"])
+
+
+def test_prioritized_paths_thousands_deep_and_hardlink_cycles(tmp_path: Path) -> None:
+    deep = "/".join(["d"] * 1500)
+    files: list[tuple[str, bytes | None]] = [
+        ("/".join(["d"] * i), None) for i in range(1, 1501)
+    ]
+    files.append((deep + "/f", b"deep"))
+    source = bytearray(make_tar(files)[:-1024])
+    for name, target in (("l1", "l2"), ("l2", "l1")):
+        info = tarfile.TarInfo(name)
+        info.type = tarfile.LNKTYPE
+        info.linkname = target
+        source += info.tobuf(tarfile.PAX_FORMAT)
+    layer = tmp_path / "l.tar"
+    layer.write_bytes(bytes(source) + bytes(1024))
+    out, _, _ = convert(layer, tmp_path, prioritized_files=[deep + "/f", "l1"])
+    names = [e["name"] for e in toc_of(out.read_bytes())["entries"]]
+    assert names[1500] == deep + "/f" and names[1501:1503] == ["l2", "l1"]
+
+
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        ({"uid": -1}, "uid -1 is outside 0..2\\*\\*63-1"),
+        ({"pax_headers": {"uid": "1" + "0" * 40}}, "uid 1000.* is outside"),
+        ({"pax_headers": {"gid": str(1 << 63)}}, "gid 9223372036854775808 is outside"),
+        ({"pax_headers": {"path": "a\x00b"}}, "a NUL byte in the name"),
+    ],
+)
+def test_ids_and_names_no_reader_takes_are_refused(
+    header: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    info = tarfile.TarInfo("f")
+    info.size = 5
+    if "uid" in header:
+        # Base-256, two's complement: what GNU tar writes for a negative id.
+        block = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+        block[108:116] = b"\xff" * 8
+        block[148:156] = b" " * 8
+        block[148:156] = b"%06o\x00 " % sum(block)
+        raw = bytes(block)
+    else:
+        info.pax_headers = header["pax_headers"]
+        raw = info.tobuf(tarfile.PAX_FORMAT)
+    layer = tmp_path / "l.tar"
+    layer.write_bytes(raw + b"hello" + bytes(507) + bytes(1024))
+    with pytest.raises(estargz.InputError, match=message):
+        convert(layer, tmp_path)
+    assert not (tmp_path / "out.esgz").exists()
+
+
+@pytest.mark.parametrize("lossless", [False, True])
+def test_garbage_after_a_gzip_input_is_refused_in_every_mode(
+    lossless: bool, tmp_path: Path
+) -> None:
+    layer = tmp_path / "l.tar.gz"
+    layer.write_bytes(gzip.compress(make_tar([("a", b"1")])) + b"garbage!")
+    options: dict[str, Any] = (
+        {"keep_diff_id": True, "external": True} if lossless else {}
+    )
+    with pytest.raises(
+        estargz.InputError, match="no gzip member starts at compressed offset"
+    ):
+        convert(layer, tmp_path, **options)
+    # NUL padding after the stream is fine (gzip(1) takes it too).
+    layer.write_bytes(gzip.compress(make_tar([("a", b"1")])) + bytes(100))
+    convert(layer, tmp_path, **options)
+
+
 @pytest.mark.parametrize("name", ["sparse-gnu-oldgnu.tar", "sparse-pax-0.0.tar"])
 def test_sparse_files_are_refused_clearly(name: str, tmp_path: Path) -> None:
     path = next(p for p in tricky_tars() if p.name == name)

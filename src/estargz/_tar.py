@@ -344,6 +344,20 @@ class TarReader:
                 entry.sparse = "PAX GNU.sparse"
             if entry.size < 0:
                 raise self._error("negative size", header_offset, entry.name)
+            for what in ("size", "uid", "gid"):
+                value = getattr(entry, what)
+                if not 0 <= value < 1 << 63:
+                    # Negative ids come from base-256 fields; the TOC (and
+                    # every reader of it) wants them non-negative.
+                    raise self._error(
+                        f"{what} {value} is outside 0..2**63-1",
+                        header_offset,
+                        entry.name,
+                    )
+            if b"\x00" in entry.name or b"\x00" in entry.linkname:
+                raise self._error(
+                    "a NUL byte in the name or link name", header_offset, entry.name
+                )
             entry.raw_header = bytes(raw)
             entry.globals = bytes(globals_raw)
             entry.data_offset = self.source.offset

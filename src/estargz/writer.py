@@ -768,31 +768,52 @@ def _sorted_entries(
     moved: dict[bytes, tuple[TarEntry, dict[bytes, bytes]]] = {}
     missing: list[str] = []
 
-    def move(name: bytes) -> bool:
-        name = clean_name(name)
-        if name == b"":
-            if name in stream:
-                moved[name] = stream.pop(name)
-            return True
-        if name not in stream and name not in moved:
-            return False
-        parent = name.rsplit(b"/", 1)[0] if b"/" in name else b""
-        if not move(parent):
-            return False
-        item = stream.get(name)
-        if item is not None and item[0].typeflag == b"1":
-            if not move(item[0].linkname):
-                return False
-        item = stream.pop(name, None)
-        if item is not None:
-            moved[name] = item
-        return True
+    def move(name: bytes) -> Optional[bytes]:
+        """Move ``name`` to the front after its parents and, for a hardlink,
+        its target (Go's ``moveRec``, without recursion: paths can be
+        thousands of directories deep).  Returns the name found missing."""
+        stack = [(clean_name(name), 0)]
+        active: set[bytes] = set()
+        while stack:
+            current, stage = stack.pop()
+            if stage == 0:
+                if current == b"":
+                    if current in stream:
+                        moved[current] = stream.pop(current)
+                    continue
+                if current not in stream and current not in moved:
+                    return current
+                if current in active:
+                    continue  # hardlinks in a circle (Go would never return)
+                active.add(current)
+                stack.append((current, 1))
+                parent = current.rsplit(b"/", 1)[0] if b"/" in current else b""
+                stack.append((parent, 0))
+            elif stage == 1:
+                stack.append((current, 2))
+                item = stream.get(current)
+                if item is not None and item[0].typeflag == b"1":
+                    stack.append((clean_name(item[0].linkname), 0))
+            else:
+                active.discard(current)
+                item = stream.pop(current, None)
+                if item is not None:
+                    moved[current] = item
+        return None
 
     for path in prioritized:
         wanted = path.encode("utf-8", "surrogateescape")
-        if not move(wanted):
+        absent = move(wanted)
+        if absent is not None:
             if not allow_missing:
-                raise InputError(f"prioritized file {path!r} is not in the layer")
+                if absent == clean_name(wanted):
+                    raise InputError(f"prioritized file {path!r} is not in the layer")
+                shown = absent.decode("utf-8", "backslashreplace")
+                raise InputError(
+                    f"prioritized file {path!r}: {shown!r}, which must come "
+                    "before it (a parent directory or a hardlink's target), has "
+                    "no entry in the layer"
+                )
             missing.append(path)
     landmark: list[tuple[Any, dict[bytes, bytes]]] = [(None, {})]
     return [*moved.values(), *landmark, *stream.values()], missing
@@ -1038,6 +1059,12 @@ def _convert(
                     f"internal error: {builder.uncompressed_size} bytes written for "
                     f"{reader.source.offset} bytes read in keep-diff-id mode"
                 )
+        elif opened.kind != "tar":
+            # A compressed input is read to its end, as Go reads it: the last
+            # member's CRC is checked, and garbage after the stream refused
+            # in every mode alike.
+            while opened.stream.read(1 << 20):
+                pass
 
     builder.finish()
     records = converter.finish_records()

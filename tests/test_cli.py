@@ -382,3 +382,27 @@ def test_version_and_help() -> None:
     assert b"zlib-ng 2.3." in estargz("--version").stdout
     result = estargz(check=False)
     assert result.returncode == 2 and b"convert" in result.stderr
+
+
+def test_ls_escapes_names_that_would_drive_the_terminal(tmp_path: Path) -> None:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name in ("new\nline", "bell\x07", "latin1-\udce9"):  # b"\xe9": not UTF-8
+            info = tarfile.TarInfo(name)
+            info.size = 0
+            tar.addfile(info)
+    layer, blob = tmp_path / "l.tar", tmp_path / "l.esgz"
+    layer.write_bytes(raw.getvalue())
+    estargz("convert", str(layer), str(blob))
+    for encoding in ("utf-8", "ascii"):
+        result = subprocess.run(
+            [sys.executable, "-m", "estargz", "ls", str(blob)],
+            capture_output=True,
+            env={**os.environ, "PYTHONIOENCODING": encoding},
+        )
+        assert result.returncode == 0, result.stderr
+        out = result.stdout.decode(encoding)
+        assert "new\\x0aline" in out and "bell\\x07" in out, out
+        # Go writes U+FFFD for the byte that is not UTF-8 (FORMAT.md §16).
+        assert "latin1-\ufffd" in out or "latin1-\\ufffd" in out, out
+        assert len(out.splitlines()) == 4  # with the landmark

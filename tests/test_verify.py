@@ -198,3 +198,13 @@ def test_verify_of_a_real_layer_with_many_tiny_members(tmp_path: Path) -> None:
     with open_blob(out) as opened:
         report = opened.verify(threads=3)
     assert report.entries == 3001  # with the directory
+
+
+def test_reading_a_file_the_toc_claims_is_huge_fails_cleanly() -> None:
+    base = hand_made([("a.txt", b"hello\n")])
+    with open_blob(base) as opened:
+        toc = json.loads(opened.toc_json)
+    toc["entries"][0]["size"] = 1 << 40  # a terabyte, in a six-byte member
+    with open_blob(rebuild_with_toc(base, json.dumps(toc).encode())) as opened:
+        with pytest.raises(estargz.VerificationError, match="'a.txt'"):
+            opened.read("a.txt")

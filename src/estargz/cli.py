@@ -214,6 +214,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# Control characters in names would drive the terminal; show them escaped.
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 0x7F]}
+
+
+def _shown(text: str) -> str:
+    """A name as one printable line: control characters and lone surrogates
+    (undecodable bytes) escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").translate(_CONTROL)
+
+
 def _cmd_ls(args: argparse.Namespace) -> int:
     import stat as st
 
@@ -239,11 +249,12 @@ def _cmd_ls(args: argparse.Namespace) -> int:
             if entry.type in ("char", "block")
             else str(entry.size)
         )
-        line = f"{mode} {owner:<17} {size:>10} {when} {entry.raw_name}"
+        owner = _shown(owner)
+        line = f"{mode} {owner:<17} {size:>10} {when} {_shown(entry.raw_name)}"
         if entry.type == "symlink":
-            line += f" -> {entry.link_name}"
+            line += f" -> {_shown(entry.link_name)}"
         elif entry.type == "hardlink":
-            line += f" link to {entry.link_name}"
+            line += f" link to {_shown(entry.link_name)}"
         print(line)
     return 0
 
@@ -568,6 +579,12 @@ def _bound_malloc() -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _bound_malloc()
+    for stream in (sys.stdout, sys.stderr):
+        # Names from a layer may not fit the terminal's encoding: escape,
+        # never fail.
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     args.verbose = getattr(args, "verbose", 0)

@@ -1020,7 +1020,8 @@ class EntryFile(io.RawIOBase):
     def readall(self) -> bytes:
         parts = []
         while self._position < self.entry.size:
-            part = self.read(self.entry.size - self._position)
+            # In pieces: the size is the TOC's claim, not yet what is there.
+            part = self.read(min(self.entry.size - self._position, 1 << 22))
             if not part:
                 break
             parts.append(part)

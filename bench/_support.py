@@ -167,6 +167,34 @@ def run_measured(command: Sequence[str]) -> tuple[float, int, str]:
         return seconds, peak, result.stdout.decode()
 
 
+def member_pieces(blob: Path) -> tuple[list[bytes], list[int]]:
+    """Every gzip member of a blob before its TOC (or external-TOC footer),
+    compressed, with its uncompressed size: what a verifier inflates."""
+    from estargz import _native
+
+    data = blob.read_bytes()
+    tail = data[-51:]
+    if tail[12:14] == b"SG" and tail[32:38] == b"STARGZ":
+        end = int(tail[16:32], 16)
+    else:
+        end = len(data) - 46
+    reader = _native.GzipReader(io.BytesIO(data[:end]))
+    pieces: list[bytes] = []
+    sizes: list[int] = []
+    size = 0
+    buffer = bytearray(1 << 20)
+    while True:
+        n = reader.readinto(buffer)
+        if not n:
+            break
+        size += n
+        if reader.at_member_end:
+            pieces.append(data[reader.member_offset : reader.compressed_offset])
+            sizes.append(size)
+            size = 0
+    return pieces, sizes
+
+
 def member_contents(blob: Path) -> list[bytes]:
     """The uncompressed content of every gzip member of a blob before its
     TOC (or external-TOC footer): the pieces the writer compressed."""

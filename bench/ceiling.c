@@ -10,8 +10,8 @@
  *
  * The "-sha" modes (deflate-sha, inflate-sha) add the hashing an eStargz
  * writer or verifier cannot skip, with estargz's own SHA-256: every piece's
- * digest (chunkDigest), the digest of each compressed piece (the blob
- * digest's share), and for deflate-sha one sequential digest of all the
+ * digest (chunkDigest); for deflate-sha also the digest of each compressed
+ * piece (the blob digest's share) and one sequential digest of all the
  * uncompressed bytes (the diffID), done by the first thread before it
  * joins the others.
  *
@@ -104,9 +104,11 @@ static void *worker(void *arg)
             esgz_sha256_init(&hash);
             esgz_sha256_update(&hash, plain, plain_size);
             esgz_sha256_digest(&hash, digest);
-            esgz_sha256_init(&hash);
-            esgz_sha256_update(&hash, packed, packed_size);
-            esgz_sha256_digest(&hash, digest);
+            if (!mode_inflate) {
+                esgz_sha256_init(&hash);
+                esgz_sha256_update(&hash, packed, packed_size);
+                esgz_sha256_digest(&hash, digest);
+            }
         }
     }
     if (mode_inflate)

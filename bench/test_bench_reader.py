@@ -26,7 +26,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _support import add_target, go_harness, record_peer, run_measured
+from _support import (
+    add_target,
+    go_harness,
+    member_pieces,
+    record_ceiling,
+    record_peer,
+    run_ceiling,
+    run_measured,
+)
 from test_bench_convert import LAYERS
 
 import estargz
@@ -76,6 +84,17 @@ def test_verify(
     benchmark.extra_info.update(
         impl=impl, bytes=_file_bytes(blob), peak_rss_kb=measured["rss"]
     )  # type: ignore[attr-defined]
+    if impl == "ours":
+        # The ceiling: zlib-ng alone inflating the same members on the same
+        # two threads; the floor adds the chunk digests verify must check.
+        add_target(group, "ceiling", 0.9, "zlib-ng alone, same members, same threads")
+        add_target(group, "floor", 0.9, "zlib-ng plus the chunk digests")
+        pieces, sizes = member_pieces(blob)
+        for kind, c_mode in (("ceiling", "inflate"), ("floor", "inflate-sha")):
+            reference = run_ceiling(
+                c_mode, pieces, threads=2, rounds=3, uncompressed_sizes=sizes
+            )
+            record_ceiling(group, reference["seconds"], _file_bytes(blob), kind)
 
 
 @pytest.mark.parametrize("layer", list(LAYERS))

@@ -1112,3 +1112,36 @@ def test_failed_conversion_tags_nothing_in_a_registry(
     for reference in (destination, destination + "-esgztoc"):
         with pytest.raises(AssertionError, match="manifest unknown"):
             skopeo("inspect", "--tls-verify=false", "--raw", reference)
+
+
+def test_config_diff_ids_must_match_the_layers(images: Path, tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    shutil.copytree(images / "single", layout)
+    manifest, config = manifest_of(layout, "v1")
+    config["rootfs"]["diff_ids"] = config["rootfs"]["diff_ids"][:-1]
+    data = json.dumps(config).encode()
+    manifest["config"] = {
+        **manifest["config"],
+        "digest": layout_blob(layout, data),
+        "size": len(data),
+    }
+    data = json.dumps(manifest).encode()
+    index = json.loads((layout / "index.json").read_text())
+    index["manifests"][0] = {
+        **index["manifests"][0],
+        "digest": layout_blob(layout, data),
+        "size": len(data),
+    }
+    (layout / "index.json").write_text(json.dumps(index))
+    with pytest.raises(estargz.ConversionError, match=r"2 diff_ids for 3 layers"):
+        convert_image(f"oci:{layout}:v1", f"oci:{tmp_path / 'out'}:x")
+    assert not (tmp_path / "out").exists()
+
+
+def test_archive_member_names_keep_their_dots() -> None:
+    from estargz.image import _archive_name
+
+    assert _archive_name("./manifest.json") == "manifest.json"
+    assert _archive_name("././/abc/layer.tar") == "abc/layer.tar"
+    assert _archive_name(".hidden/layer.tar") == ".hidden/layer.tar"
+    assert _archive_name("..x") == "..x"

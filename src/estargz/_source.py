@@ -84,6 +84,24 @@ class FileSource(_Counting):
             self._file.seek(offset)
             return self._count(self._file.read(size))
 
+    def readinto_at(self, offset: int, view: memoryview) -> int:
+        """Fill ``view`` from ``offset`` (short only at the end of the
+        file), without an intermediate bytes object."""
+        if self._fd < 0:
+            data = self.read_at(offset, len(view))
+            view[: len(data)] = data
+            return len(data)
+        size = max(0, min(len(view), self._size - offset))
+        done = 0
+        while done < size:
+            n = os.preadv(self._fd, [view[done:size]], offset + done)
+            if not n:
+                break
+            done += n
+        self.bytes_read += done
+        self.reads += 1
+        return done
+
     def close(self) -> None:
         if self._owned:
             self._file.close()

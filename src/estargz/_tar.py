@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import BinaryIO, Optional
+from typing import BinaryIO, Callable, Optional
 
 from estargz.errors import InputError
 
@@ -147,6 +147,23 @@ class ByteSource:
                 if not got:
                     break
                 done += got
+        self.offset += done
+        return done
+
+    def feed(self, size: int, consume: Callable[[memoryview], object]) -> int:
+        """Hand the next ``size`` bytes to ``consume``; return how many there
+        were."""
+        feeder = getattr(self._stream, "feed", None)
+        if feeder is not None:
+            done = int(feeder(size, consume))
+        else:
+            done = 0
+            while done < size:
+                data = self._stream.read(min(size - done, 1 << 20))
+                if not data:
+                    break
+                consume(memoryview(data))
+                done += len(data)
         self.offset += done
         return done
 
@@ -463,6 +480,15 @@ class TarReader:
         """Skip what is left of the current entry; return the padding."""
         self.skip_bytes(self._pending - self._pending_entry.padding)
         return self.read_padding()
+
+    def feed_payload(self, size: int, consume: Callable[[memoryview], object]) -> None:
+        """Hand the next ``size`` payload bytes to ``consume`` in pieces,
+        without copying them where the stream allows."""
+        if size > 0:
+            done = self.source.feed(size, consume)
+            self._pending -= done
+            if done < size:
+                self._truncated(self._pending_entry)
 
     def skip_bytes(self, size: int) -> None:
         """Pass over the next ``size`` payload bytes of the current entry."""

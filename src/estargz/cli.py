@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -579,6 +580,10 @@ def _bound_malloc() -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _bound_malloc()
+    # NumPy (the TOC's chunk index) does no linear algebra here; without
+    # this its BLAS starts a spinning thread per core that steals CPU time.
+    for knob in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(knob, "1")
     for stream in (sys.stdout, sys.stderr):
         # Names from a layer may not fit the terminal's encoding: escape,
         # never fail.

@@ -817,6 +817,14 @@ class _Slice:
 _HEX64 = re.compile(r"[a-f0-9]{64}")
 
 
+def _archive_name(name: str) -> str:
+    """A member name of an archive without leading "./" and "/" (but with
+    the dot of a name such as ".hidden")."""
+    while name.startswith("./"):
+        name = name[2:]
+    return name.lstrip("/")
+
+
 class DockerArchive(_Store):
     """A ``docker save`` archive, read in place (source only)."""
 
@@ -826,7 +834,7 @@ class DockerArchive(_Store):
         try:
             with tarfile.open(self.path, "r:") as archive:
                 self._members = {
-                    m.name.lstrip("./"): (m.offset_data, m.size)
+                    _archive_name(m.name): (m.offset_data, m.size)
                     for m in archive
                     if m.isfile()
                 }
@@ -864,7 +872,7 @@ class DockerArchive(_Store):
 
     def _member(self, name: str) -> tuple[int, int]:
         try:
-            return self._members[name.lstrip("./")]
+            return self._members[_archive_name(name)]
         except KeyError:
             raise ConversionError(
                 f"{self.reference}: manifest.json names {name!r}, which the "
@@ -911,7 +919,7 @@ class DockerArchive(_Store):
             with _Slice(self.path, offset, min(size, 4)) as f:
                 head = f.read(4)
             compressed = head[:2] == b"\x1f\x8b" or head == b"\x28\xb5\x2f\xfd"
-            base = layer_name.lstrip("./")
+            base = _archive_name(layer_name)
             if base.startswith("blobs/sha256/") and _HEX64.fullmatch(base[13:]):
                 digest = "sha256:" + base[13:]  # checked as it is read
             elif not compressed and i < len(diff_ids):
@@ -1307,6 +1315,11 @@ class _Converter:
         config_descriptor = manifest["config"]
         config = copy.deepcopy(config)
         diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
+        if diff_ids and len(diff_ids) != len(manifest["layers"]):
+            raise ConversionError(
+                f"config {config_descriptor['digest']}: {len(diff_ids)} diff_ids for "
+                f"{len(manifest['layers'])} layers"
+            )
         layers = []
         for i, layer in enumerate(manifest["layers"]):
             report = results[layer["digest"]]

@@ -198,6 +198,7 @@ class _SourceStream(io.RawIOBase):
         self._source = source
         self._position = start
         self._end = end
+        self._readinto_at = getattr(source, "readinto_at", None)
 
     def readable(self) -> bool:
         return True
@@ -207,14 +208,18 @@ class _SourceStream(io.RawIOBase):
         size = min(len(view), self._end - self._position)
         if size <= 0:
             return 0
-        data = self._source.read_at(self._position, size)
-        if not data:
+        if self._readinto_at is not None:
+            n = int(self._readinto_at(self._position, view[:size]))
+        else:
+            data = self._source.read_at(self._position, size)
+            n = len(data)
+            view[:n] = data
+        if not n:
             raise BlobFormatError(
                 f"blob: the source ends early, at offset {self._position}"
             )
-        view[: len(data)] = data
-        self._position += len(data)
-        return len(data)
+        self._position += n
+        return n
 
 
 # Verify inflates the blob's members in groups of about this many compressed
@@ -292,6 +297,11 @@ class _Inflated(io.RawIOBase):
         self._data = memoryview(b"")
         self._base = 0  # stream offset of the group being handed on
         self._group_size = 0  # its bytes handed on so far
+        # Piece buffers go back to the workers once read: no allocation (and
+        # no page faults) per piece.
+        self._spare: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._spare_limit = 2 * self._depth
+        self._held: Optional[bytearray] = None
 
     def readable(self) -> bool:
         return True
@@ -329,9 +339,9 @@ class _Inflated(io.RawIOBase):
             block_size=1 << 18,
             offset=begin,
         )
-        scratch = bytearray(VERIFY_PIECE)
-        view = memoryview(scratch)
-        piece = bytearray()
+        piece = self._piece_buffer()
+        view = memoryview(piece)
+        filled = 0
         marks: list[tuple[int, int]] = []  # (member offset, position in group)
         spans: list[_Span] = []
         member = -1
@@ -340,7 +350,7 @@ class _Inflated(io.RawIOBase):
             if self._stop.is_set():
                 raise _Stopped
             try:
-                n = reader.readinto(scratch)
+                n = reader.readinto(view[filled:])
             except NativeError as exc:
                 raise VerificationError(
                     f"{self._member_owner(exc.offset)}{exc}"
@@ -353,19 +363,27 @@ class _Inflated(io.RawIOBase):
                 marks.append((member, start))
                 spans = self._spans(member, start)
             if spans:
-                spans = self._feed(spans, view[:n], position)
+                spans = self._feed(spans, view[filled : filled + n], position)
             position += n
+            filled += n
             if reader.at_member_end and spans:
                 for span in spans:
                     missing = span.end - max(span.start, position)
                     self.failures[span.row] = f"its member ends {missing} bytes early"
                 spans = []
-            piece += view[:n]
-            if len(piece) >= VERIFY_PIECE:
-                self._put(pieces, (piece, marks))
-                piece, marks = bytearray(), []
-        if piece or marks:
-            self._put(pieces, (piece, marks))
+            if filled == len(piece):
+                self._put(pieces, (piece, filled, marks))
+                piece = self._piece_buffer()
+                view = memoryview(piece)
+                filled, marks = 0, []
+        if filled or marks:
+            self._put(pieces, (piece, filled, marks))
+
+    def _piece_buffer(self) -> bytearray:
+        try:
+            return self._spare.get_nowait()
+        except queue.Empty:
+            return bytearray(VERIFY_PIECE)
 
     def _spans(self, member: int, start: int) -> list[_Span]:
         """The chunks that begin in a member, to be hashed as it streams."""
@@ -435,12 +453,23 @@ class _Inflated(io.RawIOBase):
             if isinstance(item, BaseException):
                 self._queues.popleft()
                 raise item
-            data, marks = item
+            data, size, marks = item
             for member, start in marks:
                 self.starts.setdefault(member, self._base + start)
-            self._group_size += len(data)
-            self._data = memoryview(data)
+            self._group_size += size
+            self._recycle()
+            self._held = data
+            self._data = memoryview(data)[:size]
         return True
+
+    def _recycle(self) -> None:
+        """Give the piece just read back to the workers.  (Everything read
+        from it was copied out: ``read`` and ``readinto`` copy, ``skip``
+        keeps nothing.)"""
+        held, self._held = self._held, None
+        self._data = memoryview(b"")
+        if held is not None and self._spare.qsize() < self._spare_limit:
+            self._spare.put(held)
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
@@ -459,6 +488,17 @@ class _Inflated(io.RawIOBase):
         piece = bytes(self._data[:size])
         self._data = self._data[len(piece) :]
         return piece
+
+    def feed(self, size: int, consume: Callable[[memoryview], object]) -> int:
+        """Hand the next ``size`` bytes to ``consume`` in place (views of the
+        piece at hand, valid only during the call)."""
+        done = 0
+        while done < size and self._ready():
+            n = min(size - done, len(self._data))
+            consume(self._data[:n])
+            self._data = self._data[n:]
+            done += n
+        return done
 
     def skip(self, size: int) -> int:
         """Pass over ``size`` bytes without copying them."""
@@ -934,11 +974,7 @@ class _StreamCheck:
                 self.reader.skip_bytes(size - 1)
             else:
                 file_hash.update(head)
-                left = size - 1
-                while left:
-                    piece = self.reader.read_payload(min(left, 1 << 20))
-                    file_hash.update(piece)
-                    left -= len(piece)
+                self.reader.feed_payload(size - 1, file_hash.update)
             failure = self.members.failures.get(row)
             if failure is None and row not in self.members.verified:
                 failure = "its digest was never checked"

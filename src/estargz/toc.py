@@ -15,6 +15,7 @@ search.
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import posixpath
 import re
@@ -519,6 +520,17 @@ class TOC:
     """
 
     def __init__(self, data: bytes, payload_end: int) -> None:
+        # Parsing makes many objects and no cycles: the collector's passes
+        # over them would only cost time.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self._parse(data, payload_end)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _parse(self, data: bytes, payload_end: int) -> None:
         builder = _Builder()
         try:
             text = data.decode("utf-8")

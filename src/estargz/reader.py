@@ -537,8 +537,7 @@ class Blob:
     ) -> None:
         self.source = source
         self.verify_chunks = verify_chunks
-        self._chunk_owners: Optional[list[TOCEntry]] = None
-        self._owner_starts: list[int] = []
+        self._chunk_owners: Optional[tuple[list[TOCEntry], list[int]]] = None
         size = source.size
         tail = source.read_at(max(0, size - FOOTER_SIZE), min(size, FOOTER_SIZE))
         self.footer = parse_footer(tail)
@@ -678,12 +677,17 @@ class Blob:
         expected = self.toc.chunks.digest_of(row)
         if expected:
             return expected
-        if self._chunk_owners is None:
-            self._chunk_owners = [e for e in self.toc.entries if e.chunk_count]
-            self._owner_starts = [e.chunk_start for e in self._chunk_owners]
-        i = bisect.bisect_right(self._owner_starts, row) - 1
+        owners = self._chunk_owners
+        if owners is None:
+            # Built once, published whole: verify's workers may get here
+            # at the same time.
+            with_chunks = [e for e in self.toc.entries if e.chunk_count]
+            owners = (with_chunks, [e.chunk_start for e in with_chunks])
+            self._chunk_owners = owners
+        entries, starts = owners
+        i = bisect.bisect_right(starts, row) - 1
         if i >= 0:
-            owner = self._chunk_owners[i]
+            owner = entries[i]
             if owner.chunk_count == 1 and owner.chunk_start == row:
                 return owner.digest
         return ""

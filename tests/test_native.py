@@ -392,6 +392,35 @@ def test_gzip_reader_tolerates_nul_padding_only() -> None:
         _native.inflate_stream(stream[:-3])
 
 
+@pytest.mark.parametrize("block", [64, 100, 1 << 18])
+def test_nul_padding_holds_only_nuls_to_the_end_whatever_the_blocks(
+    block: int,
+) -> None:
+    # The NULs end exactly on a read-block boundary, then a member follows:
+    # still refused, as gzip(1) would.
+    one = member_of(b"one")
+    pad = bytes(max(1, block - len(one)))
+    stream = one + pad + member_of(b"two")
+    reader = _native.GzipReader(io.BytesIO(stream), block_size=block)
+    with pytest.raises(
+        estargz.NativeError,
+        match=f"no gzip member starts at compressed offset {len(one) + len(pad)}",
+    ):
+        reader.read()
+
+
+def test_gzip_reader_can_refuse_nul_padding() -> None:
+    stream = member_of(b"one") + member_of(b"two")
+    strict = _native.GzipReader(io.BytesIO(stream), allow_padding=False)
+    assert strict.read() == b"onetwo"
+    padded = _native.GzipReader(io.BytesIO(stream + bytes(8)), allow_padding=False)
+    with pytest.raises(
+        estargz.NativeError,
+        match=f"no gzip member starts at compressed offset {len(stream)}",
+    ):
+        padded.read()
+
+
 def test_gzip_reader_reports_offsets_with_a_base() -> None:
     stream = member_of(b"a" * 10) + member_of(b"b" * 10)
     reader = _native.GzipReader(io.BytesIO(stream), offset=1000)

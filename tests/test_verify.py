@@ -208,3 +208,128 @@ def test_reading_a_file_the_toc_claims_is_huge_fails_cleanly() -> None:
     with open_blob(rebuild_with_toc(base, json.dumps(toc).encode())) as opened:
         with pytest.raises(estargz.VerificationError, match="'a.txt'"):
             opened.read("a.txt")
+
+
+def test_nul_bytes_between_members_are_refused() -> None:
+    # gzip(1) skips NULs after a member; Go's reader (a plain pull) stops
+    # there and never reaches the TOC's next member, so verify refuses them.
+    base = hand_made([("a.txt", b"hello\n")])
+    blob = hand_made([("a.txt", b"hello\n")], extra_members=[bytes(100)])
+    with open_blob(base) as opened:
+        at = opened.payload_end
+    with open_blob(blob) as opened:
+        with pytest.raises(
+            estargz.VerificationError,
+            match=f"no gzip member starts at compressed offset {at}",
+        ):
+            opened.verify()
+
+
+def test_a_source_that_returns_more_than_asked_is_refused() -> None:
+    class Greedy:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+            self.greedy = False
+
+        @property
+        def size(self) -> int:
+            return len(self.data)
+
+        def read_at(self, offset: int, size: int) -> bytes:
+            extra = 7 if self.greedy else 0
+            return self.data[offset : offset + size + extra]
+
+    source = Greedy(hand_made([("a.txt", b"hello\n" * 1000)]))
+    with open_blob(source) as opened:
+        source.greedy = True
+        with pytest.raises(estargz.EStargzError, match="were asked for"):
+            opened.verify()
+
+
+@pytest.mark.timeout(120)
+def test_a_member_holding_many_chunks_verifies_in_linear_time() -> None:
+    # 200 MiB of zeros in one member cut into 200k chunks: each chunk is
+    # looked at while its bytes pass, not on every piece inflated (that walk
+    # took minutes).
+    size, chunk = 200 << 20, 1024
+    header = ustar_header(b"zeros", size)
+    data_member = member(header + bytes(size))
+    digest = "sha256:" + hashlib.sha256(bytes(chunk)).hexdigest()
+    entries: list[dict[str, Any]] = [
+        {
+            "name": "zeros",
+            "type": "reg",
+            "size": size,
+            "offset": 0,
+            "innerOffset": 512,
+            "chunkSize": chunk,
+            "chunkDigest": digest,
+            "digest": "sha256:" + hashlib.sha256(bytes(size)).hexdigest(),
+        }
+    ]
+    entries += [
+        {
+            "name": "zeros",
+            "type": "chunk",
+            "offset": 0,
+            "innerOffset": 512 + at,
+            "chunkOffset": at,
+            "chunkSize": chunk,
+            "chunkDigest": digest,
+        }
+        for at in range(chunk, size, chunk)
+    ]
+    blob = data_member + member(bytes(1024))
+    end = len(blob)
+    toc_json = json.dumps({"version": 1, "entries": entries}).encode()
+    blob += member(toc_tar(toc_json)) + footer(end)
+    with open_blob(blob) as opened:
+        report = opened.verify(threads=2)
+    assert report.chunks == size // chunk
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("mode", 0o4755, "mode 0000 in the tar, 4755 in the TOC"),
+        ("uid", 1000, "owner 0:0 in the tar, 1000:0 in the TOC"),
+        ("gid", 7, "owner 0:0 in the tar, 0:7 in the TOC"),
+        ("modtime", "2020-01-01T00:00:00Z", "modification time none in the tar"),
+        ("xattrs", {"security.capability": "AQ=="}, "extended attribute 'security"),
+    ],
+)
+def test_tar_headers_and_toc_must_agree_on_metadata(
+    field: str, value: Any, message: str
+) -> None:
+    # A plain pull takes these from the tar header, a lazy pull from the
+    # TOC: a blob where they differ gives two different files.
+    base = hand_made([("a.txt", b"hello\n")])
+    with open_blob(base) as opened:
+        toc = json.loads(opened.toc_json)
+    toc["entries"][0][field] = value
+    with open_blob(rebuild_with_toc(base, json.dumps(toc).encode())) as opened:
+        with pytest.raises(
+            estargz.VerificationError, match=f"entry 'a.txt': {message}"
+        ):
+            opened.verify()
+
+
+def test_a_modification_time_written_another_way_is_the_same_time() -> None:
+    files = [("a.txt", b"hello\n")]
+    blob = bytearray(hand_made(files))
+    with open_blob(bytes(blob)) as opened:
+        toc = json.loads(opened.toc_json)
+    # The header's time is zero, which Go leaves out; an explicit
+    # "+00:00" form of a real time must match the header's.
+    toc["entries"][0]["modtime"] = "2020-01-01T00:00:00+00:00"
+    header = ustar_header(b"a.txt", 6, mtime=1577836800)
+    rebuilt = member(header) + member(padded(b"hello\n")) + member(bytes(1024))
+    end = len(rebuilt)
+    toc["entries"][0]["offset"] = len(member(header))
+    rebuilt += member(toc_tar(json.dumps(toc).encode())) + footer(end)
+    with open_blob(rebuilt) as opened:
+        assert opened.verify().entries == 1
+    toc["entries"][0]["modtime"] = "2020-01-01T00:00:01+00:00"
+    with open_blob(rebuild_with_toc(rebuilt, json.dumps(toc).encode())) as opened:
+        with pytest.raises(estargz.VerificationError, match="modification time"):
+            opened.verify()

@@ -87,7 +87,12 @@ class GzipReader:
     @property
     def at_member_end(self) -> bool: ...
     def __init__(
-        self, source: _BinarySource, *, block_size: int = 262144, offset: int = 0
+        self,
+        source: _BinarySource,
+        *,
+        block_size: int = 262144,
+        offset: int = 0,
+        allow_padding: bool = True,
     ) -> None: ...
     def readinto(self, buffer: Buffer) -> int: ...
     def read(self, size: int = -1) -> bytes: ...

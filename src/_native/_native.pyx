@@ -928,7 +928,8 @@ cdef class GzipReader:
     bounded whatever the stream's size.  One :meth:`readinto` never crosses
     a member boundary, which lets callers see where members start
     (:attr:`member_offset`).  Trailing NUL bytes after the last member are
-    ignored, as gzip(1) does; anything else there is an error.
+    ignored, as gzip(1) does (unless ``allow_padding`` is false, as Go's
+    gzip reader has it); anything else there is an error.
 
     :param source: a binary file object (``readinto`` or ``read``)
     :param offset: compressed offset of the source's first byte, added to
@@ -945,6 +946,8 @@ cdef class GzipReader:
     cdef bint busy
     cdef bint in_member
     cdef bint source_done
+    cdef bint allow_padding
+    cdef bint in_padding
     cdef uint64_t base
     cdef uint64_t consumed_before
     cdef readonly uint64_t member_offset
@@ -955,7 +958,8 @@ cdef class GzipReader:
     def __cinit__(self, *args, **kwargs):
         memset(&self.strm, 0, sizeof(zng_stream))
 
-    def __init__(self, source, *, Py_ssize_t block_size=1 << 18, uint64_t offset=0):
+    def __init__(self, source, *, Py_ssize_t block_size=1 << 18, uint64_t offset=0,
+                 bint allow_padding=True):
         if self.ready:
             raise RuntimeError("GzipReader is already initialised")
         if block_size < 64:
@@ -964,6 +968,7 @@ cdef class GzipReader:
         self.inbuf = bytearray(block_size)
         self.inview = memoryview(self.inbuf)
         self.base = offset
+        self.allow_padding = allow_padding
         cdef int ret = zng_inflateInit2(&self.strm, GZIP_WINDOW)
         if ret != Z_OK:
             raise make_error(ret, "inflate init", 0, self.strm.msg)
@@ -1024,8 +1029,11 @@ cdef class GzipReader:
             if self.in_pos == self.in_len and not self.refill():
                 return 0
             buf = <const uint8_t *>PyByteArray_AS_STRING(self.inbuf)
-            if buf[self.in_pos] == 0:
-                # NUL padding after the last member is tolerated, nothing else.
+            if self.in_padding or (buf[self.in_pos] == 0 and self.allow_padding):
+                # NUL padding after the last member is tolerated (gzip(1)
+                # takes it), nothing else: once it begins, only NULs may
+                # follow, to the end, whatever the read blocks.
+                self.in_padding = True
                 i = self.in_pos
                 while i < self.in_len and buf[i] == 0:
                     i += 1

@@ -31,13 +31,14 @@ from estargz._format import (
     FOOTER_SIZE,
     LEGACY_FOOTER_SIZE,
     TOC_TAR_NAME,
+    format_modtime,
     go_text,
 )
 from estargz._source import RangeSource, as_source
 from estargz._tar import BLOCK, ByteSource, TarReader
 from estargz._util import PathLike, cpu_count
 from estargz.errors import BlobFormatError, EStargzError, NativeError, VerificationError
-from estargz.toc import TOC, TOCEntry, clean_name
+from estargz.toc import TOC, TOCEntry, clean_name, parse_modtime
 
 __all__ = ["Blob", "EntryFile", "VerifyReport", "open_blob"]
 
@@ -213,6 +214,11 @@ class _SourceStream(io.RawIOBase):
         else:
             data = self._source.read_at(self._position, size)
             n = len(data)
+            if n > size:
+                raise BlobFormatError(
+                    f"blob: the source returned {n} bytes at offset "
+                    f"{self._position}, {size} were asked for"
+                )
             view[:n] = data
         if not n:
             raise BlobFormatError(
@@ -256,6 +262,25 @@ class _Span:
 
     def digest(self) -> str:
         return f"{self.expected.split(':', 1)[0]}:{self.hasher.hexdigest()}"
+
+
+class _Open:
+    """The chunks of the member being inflated that are not hashed yet:
+    ``waiting`` sorted by start, those before ``next`` already begun and
+    the unfinished of them in ``active``."""
+
+    __slots__ = ("active", "next", "waiting")
+
+    def __init__(self, waiting: list[_Span]) -> None:
+        self.waiting = waiting
+        self.next = 0
+        self.active: list[_Span] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.active) or self.next < len(self.waiting)
+
+    def remaining(self) -> list[_Span]:
+        return self.active + self.waiting[self.next :]
 
 
 class _Inflated(io.RawIOBase):
@@ -334,16 +359,19 @@ class _Inflated(io.RawIOBase):
         self._put(pieces, None)
 
     def _inflate_group(self, begin: int, end: int, pieces: queue.Queue[Any]) -> None:
+        # No NUL padding between members: Go's gzip reader (what a plain
+        # pull uses) stops there.
         reader = _native.GzipReader(
             _SourceStream(self.blob.source, begin, end),
             block_size=1 << 18,
             offset=begin,
+            allow_padding=False,
         )
         piece = self._piece_buffer()
         view = memoryview(piece)
         filled = 0
         marks: list[tuple[int, int]] = []  # (member offset, position in group)
-        spans: list[_Span] = []
+        spans = _Open([])
         member = -1
         position = 0
         while True:
@@ -363,14 +391,14 @@ class _Inflated(io.RawIOBase):
                 marks.append((member, start))
                 spans = self._spans(member, start)
             if spans:
-                spans = self._feed(spans, view[filled : filled + n], position)
+                self._feed(spans, view[filled : filled + n], position)
             position += n
             filled += n
             if reader.at_member_end and spans:
-                for span in spans:
+                for span in spans.remaining():
                     missing = span.end - max(span.start, position)
                     self.failures[span.row] = f"its member ends {missing} bytes early"
-                spans = []
+                spans = _Open([])
             if filled == len(piece):
                 self._put(pieces, (piece, filled, marks))
                 piece = self._piece_buffer()
@@ -385,7 +413,7 @@ class _Inflated(io.RawIOBase):
         except queue.Empty:
             return bytearray(VERIFY_PIECE)
 
-    def _spans(self, member: int, start: int) -> list[_Span]:
+    def _spans(self, member: int, start: int) -> _Open:
         """The chunks that begin in a member, to be hashed as it streams."""
         chunks = self.blob.toc.chunks
         spans = []
@@ -405,23 +433,31 @@ class _Inflated(io.RawIOBase):
             else:
                 spans.append(span)
         spans.sort(key=lambda span: span.start)
-        return spans
+        return _Open(spans)
 
-    def _feed(self, spans: list[_Span], data: memoryview, position: int) -> list[_Span]:
-        """Hash the parts of ``data`` (at ``position``) that chunks cover;
-        return the chunks still open."""
+    def _feed(self, spans: _Open, data: memoryview, position: int) -> None:
+        """Hash the parts of ``data`` (at ``position``) that chunks cover.
+        Each chunk is looked at only while ``data`` can reach it, so a
+        member holding a million chunks costs a million steps, not a
+        million per piece."""
         end = position + len(data)
-        left = []
-        for span in spans:
-            if span.start < end and span.end > position:
-                a = max(span.start, position)
-                b = min(span.end, end)
+        waiting, active = spans.waiting, spans.active
+        i = spans.next
+        while i < len(waiting) and waiting[i].start < end:
+            active.append(waiting[i])
+            i += 1
+        spans.next = i
+        still = []
+        for span in active:
+            a = max(span.start, position)
+            b = min(span.end, end)
+            if a < b:
                 span.hasher.update(data[a - position : b - position])
             if span.end <= end:
                 self._finish(span)
             else:
-                left.append(span)
-        return left
+                still.append(span)
+        spans.active = still
 
     def _finish(self, span: _Span) -> None:
         found = span.digest()
@@ -769,6 +805,55 @@ class Blob:
             members.close()
 
 
+class _Metadata:
+    """What a tar header says about an entry beyond its type, size and
+    link: a plain pull takes it from the header, a lazy pull from the TOC,
+    so the two must agree."""
+
+    __slots__ = ("devices", "gid", "mode", "modtime", "uid", "xattrs")
+
+    def __init__(self, tar_entry: Any, kind: str) -> None:
+        self.mode = tar_entry.mode
+        self.uid = tar_entry.uid
+        self.gid = tar_entry.gid
+        self.modtime = format_modtime(tar_entry.mtime_ns)
+        self.devices = (
+            (tar_entry.devmajor, tar_entry.devminor)
+            if kind in ("char", "block")
+            else (0, 0)
+        )
+        self.xattrs = {
+            go_text(key): tar_entry.xattrs[key] for key in sorted(tar_entry.xattrs)
+        }
+
+    def differs(self, entry: TOCEntry) -> str:
+        """How ``entry`` disagrees with the header ("" if it does not)."""
+        if self.mode != entry.mode:
+            return f"mode {self.mode:04o} in the tar, {entry.mode:04o} in the TOC"
+        if (self.uid, self.gid) != (entry.uid, entry.gid):
+            return (
+                f"owner {self.uid}:{self.gid} in the tar, "
+                f"{entry.uid}:{entry.gid} in the TOC"
+            )
+        if self.devices != (entry.dev_major, entry.dev_minor):
+            return (
+                f"device {self.devices[0]},{self.devices[1]} in the tar, "
+                f"{entry.dev_major},{entry.dev_minor} in the TOC"
+            )
+        if self.modtime != entry.modtime and parse_modtime(
+            self.modtime
+        ) != parse_modtime(entry.modtime):
+            return (
+                f"modification time {self.modtime or 'none'} in the tar, "
+                f"{entry.modtime or 'none'} in the TOC"
+            )
+        if self.xattrs != entry.xattrs:
+            keys = sorted(set(self.xattrs) | set(entry.xattrs))
+            key = next(k for k in keys if self.xattrs.get(k) != entry.xattrs.get(k))
+            return f"extended attribute {key!r} differs between the tar and the TOC"
+        return ""
+
+
 class _StreamCheck:
     """Walks the tar stream of a blob against its TOC (see Blob.verify).
 
@@ -787,8 +872,11 @@ class _StreamCheck:
         self.by_name: dict[str, list[TOCEntry]] = {}
         for entry in self.toc.entries:
             self.by_name.setdefault(entry.name, []).append(entry)
-        # Per name, the last tar entries seen: (stream index, type, size, link).
-        self.seen: dict[str, collections.deque[tuple[int, str, int, str]]] = {}
+        # Per name, the last tar entries seen: (stream index, type, size,
+        # link, metadata).
+        self.seen: dict[
+            str, collections.deque[tuple[int, str, int, str, _Metadata]]
+        ] = {}
         # Stream index of the tar entry whose data each TOC file was matched to.
         self.matched: dict[int, int] = {}
         self.chunks_checked = 0
@@ -820,7 +908,15 @@ class _StreamCheck:
             seen = self.seen.setdefault(
                 cleaned, collections.deque(maxlen=len(candidates))
             )
-            seen.append((index, kind, tar_entry.size if kind == "reg" else 0, link))
+            seen.append(
+                (
+                    index,
+                    kind,
+                    tar_entry.size if kind == "reg" else 0,
+                    link,
+                    _Metadata(tar_entry, kind),
+                )
+            )
         for name, entries in self.by_name.items():
             seen = self.seen.get(name, collections.deque())
             if len(seen) < len(entries):
@@ -828,7 +924,7 @@ class _StreamCheck:
                 raise self._fail(
                     f"TOC entry {missing.raw_name!r} is not in the tar stream"
                 )
-            for entry, (stream_index, kind, size, link) in zip(entries, seen):
+            for entry, (stream_index, kind, size, link, meta) in zip(entries, seen):
                 what = f"entry {entry.raw_name!r}"
                 if kind != entry.type:
                     raise self._fail(
@@ -845,6 +941,9 @@ class _StreamCheck:
                         f"{what} links to {link!r} in the tar, "
                         f"{entry.link_name!r} in the TOC"
                     )
+                differs = meta.differs(entry)
+                if differs:
+                    raise self._fail(f"{what}: {differs}")
                 if (
                     entry.type == "reg"
                     and entry.size

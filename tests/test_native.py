@@ -139,6 +139,56 @@ def test_earlier_work_never_shapes_the_output(rng: random.Random) -> None:
         assert written(writer, data) == written(_native.MemberWriter(9), data)
 
 
+@pytest.mark.parametrize("room", [0, 100, 1 << 20])
+@pytest.mark.parametrize("min_chunk", [0, 3000])
+def test_framed_layer_batches_are_gzip_members_in_place(
+    rng: random.Random, room: int, min_chunk: int
+) -> None:
+    """With ``framed`` the pieces carry their gzip headers and room for the
+    trailers; in ``into`` when they fit (else as bytes, even when they
+    outgrow it midway), the same bytes either way."""
+    import array
+
+    data = prose(rng, 200_000) + rng.randbytes(50_000)
+    ends = array.array("Q", [*range(1000, len(data), 1000), len(data)])
+    kinds = bytes([_native.KIND_START] + [_native.KIND_CHUNK] * (len(ends) - 1))
+    plain = _native.MemberCompressor(6).compress_layer(
+        data, 0, ends, kinds, min_chunk, False
+    )
+    into = _native.uninitialised_bytearray(room)
+    compressed, raw_pieces, _, _ = _native.MemberCompressor(6).compress_layer(
+        data, 0, ends, kinds, min_chunk, False, None, into, framed=True
+    )
+    # The same members as unframed, each 18 bytes longer.
+    unframed = memoryview(plain[1]).cast("Q")
+    assert len(raw_pieces) == len(plain[1])
+    framed = memoryview(raw_pieces).cast("Q")
+    for p in range(len(framed) // 4):
+        assert framed[4 * p + 1 : 4 * p + 4] == unframed[4 * p + 1 : 4 * p + 4]
+        assert framed[4 * p] == unframed[4 * p] + 18 * (p + 1)
+    assert isinstance(compressed, memoryview) == (room >= len(compressed))
+    if isinstance(compressed, memoryview):
+        assert compressed.obj is into
+    out = bytearray(compressed)
+    pieces = memoryview(raw_pieces).cast("Q")
+    previous = 0
+    members = []
+    for p in range(len(pieces) // 4):
+        end, usize, crc, flags = pieces[4 * p : 4 * p + 4]
+        assert flags == 3  # each piece is a whole member here
+        assert out[previous : previous + 10] == _native.gzip_header(6)
+        assert out[end - 8 : end] == bytes(8)
+        out[end - 8 : end] = _native.gzip_trailer(crc, usize)
+        members.append(bytes(out[previous:end]))
+        previous = end
+    assert previous == len(out)
+    assert gzip.decompress(bytes(out)) == data
+    if min_chunk:
+        assert 1 < len(members) < len(ends)
+    else:
+        assert len(members) == len(ends)
+
+
 def test_level_is_checked() -> None:
     with pytest.raises(ValueError, match="compression level must be 0-9, got 10"):
         _native.MemberCompressor(10)

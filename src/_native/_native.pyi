@@ -1,7 +1,7 @@
 """Type stubs for estargz._native (the Cython core over zlib-ng)."""
 
 import sys
-from typing import Final, Optional, Protocol
+from typing import Final, Optional, Protocol, Union
 
 if sys.version_info >= (3, 12):
     from collections.abc import Buffer
@@ -30,6 +30,7 @@ def crc32(data: Buffer, value: int = 0) -> int: ...
 def crc32_combine(crc1: int, crc2: int, size2: int) -> int: ...
 def gzip_header(level: int = 9) -> bytes: ...
 def gzip_trailer(crc: int, size: int) -> bytes: ...
+def uninitialised_bytearray(size: int) -> bytearray: ...
 def inflate_member(
     data: Buffer,
     offset: int = 0,
@@ -57,7 +58,9 @@ class MemberCompressor:
         min_chunk_size: int,
         open_at_end: bool,
         hash_spans: Optional[Buffer] = None,
-    ) -> tuple[bytes, bytes, bytes, bytes]: ...
+        into: Optional[bytearray] = None,
+        framed: bool = False,
+    ) -> tuple[Union[bytes, memoryview], bytes, bytes, bytes]: ...
 
 @disjoint_base
 class MemberWriter:

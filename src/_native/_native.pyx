@@ -12,7 +12,7 @@ busy gets :class:`RuntimeError` instead of a corrupted state.  Use one
 object per thread.
 """
 
-from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
@@ -109,6 +109,9 @@ cdef struct OutBuf:
     uint8_t *data
     size_t size
     size_t capacity
+    # data is the caller's memory: never realloc'd or freed here; growing
+    # moves the bytes to memory of our own.
+    bint borrowed
 
 
 cdef int outbuf_reserve(OutBuf *buf, size_t extra) noexcept nogil:
@@ -121,12 +124,26 @@ cdef int outbuf_reserve(OutBuf *buf, size_t extra) noexcept nogil:
         capacity = 4096
     while capacity < want:
         capacity *= 2
-    grown = <uint8_t *>realloc(buf.data, capacity)
+    if buf.borrowed:
+        grown = <uint8_t *>malloc(capacity)
+        if grown != NULL and buf.size:
+            memcpy(grown, buf.data, buf.size)
+    else:
+        grown = <uint8_t *>realloc(buf.data, capacity)
     if grown == NULL:
         return ERR_NOMEM
     buf.data = grown
     buf.capacity = capacity
+    buf.borrowed = False
     return 0
+
+
+cdef int outbuf_zeros(OutBuf *buf, size_t count) noexcept nogil:
+    cdef int status = outbuf_reserve(buf, count)
+    if status == 0:
+        memset(buf.data + buf.size, 0, count)
+        buf.size += count
+    return status
 
 
 cdef bytes outbuf_to_bytes(OutBuf *buf):
@@ -327,6 +344,14 @@ def gzip_trailer(uint32_t crc, uint64_t size):
     return PyBytes_FromStringAndSize(<char *>trailer, 8)
 
 
+def uninitialised_bytearray(Py_ssize_t size):
+    """A bytearray of ``size`` bytes left as the allocator gives them: its
+    pages cost memory only once written (``bytearray(size)`` zeroes them)."""
+    if size < 0:
+        raise ValueError("size must not be negative")
+    return PyByteArray_FromStringAndSize(NULL, size)
+
+
 cdef class MemberCompressor:
     """Compress buffers into gzip members or raw deflate segments.
 
@@ -444,7 +469,8 @@ cdef class MemberCompressor:
                        const uint64_t[::1] ends not None,
                        const uint8_t[::1] kinds not None,
                        uint64_t min_chunk_size, bint open_at_end,
-                       const uint64_t[::1] hash_spans=None):
+                       const uint64_t[::1] hash_spans=None, into=None,
+                       bint framed=False):
         """Compress a batch of a layer's stream into gzip member bodies, choosing
         where members start as Go's writer does.  Releases the GIL.
 
@@ -467,6 +493,13 @@ cdef class MemberCompressor:
             holds two uint64 values per segment: the piece it lies in and its
             uncompressed offset inside that piece.  ``digests`` has 32 bytes
             per ``(start, end)`` pair of ``hash_spans``.
+
+        ``into``, a writable buffer, receives the compressed bytes when they
+        fit (``compressed`` is then a memoryview of it), else they come back
+        as new bytes.  With ``framed`` a piece that starts a member begins
+        with the gzip header and one that ends a member ends with 8 zero
+        bytes, room for the trailer the caller fills in (the member's CRC may
+        take pieces of other batches): the bytes are then the blob's own.
         """
         cdef size_t count = ends.shape[0]
         cdef size_t total = data.shape[0]
@@ -477,7 +510,9 @@ cdef class MemberCompressor:
         cdef uint64_t *positions = NULL
         cdef uint8_t *digests = NULL
         cdef esgz_sha256 hasher
-        cdef OutBuf out
+        cdef OutBuf outbuf
+        cdef OutBuf *out = &outbuf
+        cdef uint8_t[::1] target
         cdef size_t i, start, end, dict_start
         cdef size_t piece_count = 0
         cdef size_t piece_out_start = 0
@@ -510,7 +545,6 @@ cdef class MemberCompressor:
             for i in range(spans):
                 if span[2 * i] > span[2 * i + 1] or span[2 * i + 1] > total:
                     raise ValueError(f"hash span {i} is outside the data")
-        memset(&out, 0, sizeof(OutBuf))
         # At most one piece per segment.
         pieces = <uint64_t *>malloc((count + (count == 0)) * 4 * sizeof(uint64_t))
         positions = <uint64_t *>malloc((count + (count == 0)) * 2 * sizeof(uint64_t))
@@ -520,11 +554,20 @@ cdef class MemberCompressor:
             free(positions)
             free(digests)
             raise MemoryError()
+        memset(out, 0, sizeof(OutBuf))
+        if into is not None:
+            target = into
+            if target.shape[0]:
+                out.data = &target[0]
+                out.capacity = target.shape[0]
+                out.borrowed = True
         enter(&self.busy)
         try:
             with nogil:
-                status = outbuf_reserve(
-                    &out, zng_deflateBound(&self.strm, total - begin) + 32 * count + 64)
+                if not out.borrowed:
+                    status = outbuf_reserve(
+                        out,
+                        zng_deflateBound(&self.strm, total - begin) + 32 * count + 64)
                 start = begin
                 for i in range(count):
                     if status:
@@ -537,7 +580,7 @@ cdef class MemberCompressor:
                         opens = True
                     elif kind == SEGMENT_CHUNK:
                         # Go's rule: flush, then compare the member's size.
-                        status = deflate_all(&self.strm, NULL, 0, Z_SYNC_FLUSH, &out)
+                        status = deflate_all(&self.strm, NULL, 0, Z_SYNC_FLUSH, out)
                         opens = 10 + out.size - piece_out_start >= min_chunk_size
                     else:
                         opens = False
@@ -545,7 +588,11 @@ cdef class MemberCompressor:
                         break
                     if opens or not piece_open:
                         if piece_open:
-                            status = deflate_all(&self.strm, NULL, 0, Z_FINISH, &out)
+                            status = deflate_all(&self.strm, NULL, 0, Z_FINISH, out)
+                            if status == 0 and framed:
+                                status = outbuf_zeros(out, 8)
+                            if status:
+                                break
                             pieces[4 * piece_count] = out.size
                             pieces[4 * piece_count + 1] = piece_usize
                             pieces[4 * piece_count + 2] = piece_crc
@@ -557,6 +604,12 @@ cdef class MemberCompressor:
                                 break
                         else:
                             zng_deflateReset(&self.strm)
+                        if framed and kind != SEGMENT_CONTINUATION:
+                            status = outbuf_reserve(out, 10)
+                            if status:
+                                break
+                            write_gzip_header(out.data + out.size, self.level)
+                            out.size += 10
                         piece_open = True
                         piece_out_start = out.size
                         piece_usize = 0
@@ -574,7 +627,7 @@ cdef class MemberCompressor:
                     positions[2 * i] = piece_count
                     positions[2 * i + 1] = piece_usize
                     status = deflate_all(&self.strm, base + start, end - start,
-                                         Z_NO_FLUSH, &out)
+                                         Z_NO_FLUSH, out)
                     if end > start:
                         piece_crc = zng_crc32_z(piece_crc, base + start, end - start)
                     piece_usize += end - start
@@ -582,7 +635,9 @@ cdef class MemberCompressor:
                 if status == 0 and piece_open:
                     status = deflate_all(
                         &self.strm, NULL, 0,
-                        Z_SYNC_FLUSH if open_at_end else Z_FINISH, &out)
+                        Z_SYNC_FLUSH if open_at_end else Z_FINISH, out)
+                    if status == 0 and framed and not open_at_end:
+                        status = outbuf_zeros(out, 8)
                     pieces[4 * piece_count] = out.size
                     pieces[4 * piece_count + 1] = piece_usize
                     pieces[4 * piece_count + 2] = piece_crc
@@ -597,8 +652,12 @@ cdef class MemberCompressor:
                         esgz_sha256_digest(&hasher, digests + 32 * i)
             if status:
                 raise make_error(status, "compress layer batch", 0, self.strm.msg)
+            if out.borrowed:
+                compressed = memoryview(into)[:out.size]
+            else:
+                compressed = PyBytes_FromStringAndSize(<char *>out.data, out.size)
             return (
-                outbuf_to_bytes(&out),
+                compressed,
                 PyBytes_FromStringAndSize(<char *>pieces,
                                           piece_count * 4 * sizeof(uint64_t)),
                 PyBytes_FromStringAndSize(<char *>positions,
@@ -607,7 +666,8 @@ cdef class MemberCompressor:
             )
         finally:
             self.busy = False
-            free(out.data)
+            if not out.borrowed:
+                free(out.data)
             free(pieces)
             free(positions)
             free(digests)

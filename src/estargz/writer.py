@@ -84,6 +84,11 @@ DICTIONARY = 32 << 10
 # A batch never outgrows this: it is closed at the first cut past
 # BATCH_BYTES, and no segment is longer than SEGMENT_LIMIT.
 BATCH_CAPACITY = DICTIONARY + BATCH_BYTES + SEGMENT_LIMIT
+# A compressed batch fits this unless deflate expands it a lot (it then
+# comes back as new bytes).
+COMPRESSED_CAPACITY = BATCH_CAPACITY + (BATCH_CAPACITY >> 4)
+# Assembled batches queued for writing at most.
+WRITES_AHEAD = 2
 
 Source = Union[PathLike, BinaryIO]
 
@@ -286,6 +291,7 @@ class _Batch:
         "ends",
         "hash_jobs",
         "kinds",
+        "output",
         "records",
         "size",
         "span_records",
@@ -308,6 +314,8 @@ class _Batch:
         # hash, file hash or None, record whose chunk digest is now complete,
         # record whose file digest is now complete).
         self.hash_jobs: list[tuple[int, int, Any, Any, Any, Any]] = []
+        # Where the worker puts the compressed bytes.
+        self.output: Optional[bytearray] = None
 
 
 class _BlobBuilder:
@@ -342,10 +350,18 @@ class _BlobBuilder:
         self._hasher = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="estargz-sha"
         )
+        # Blob writes handed to that thread, not yet done.
+        self._writes: collections.deque[Future[None]] = collections.deque()
+        # Buffers for compressed batches, reused: fresh megabytes would each
+        # be faulted in page by page.
+        self._compressed_spare: list[bytearray] = []
         self._inflight: collections.deque[
-            tuple[Future[tuple[bytes, bytes, bytes, bytes]], Future[None], _Batch]
+            tuple[
+                Future[tuple[Union[bytes, memoryview], bytes, bytes, bytes]],
+                Future[None],
+                _Batch,
+            ]
         ] = collections.deque()
-        self._header = _native.gzip_header(level)
         # Batch buffers are allocated once and reused: no growth, no copies.
         self._spare: list[bytearray] = []
         self._batch = _Batch(self._buffer(), b"")
@@ -357,7 +373,9 @@ class _BlobBuilder:
         self._member_usize = 0
 
     def _buffer(self) -> bytearray:
-        return self._spare.pop() if self._spare else bytearray(BATCH_CAPACITY)
+        if self._spare:
+            return self._spare.pop()
+        return _native.uninitialised_bytearray(BATCH_CAPACITY)
 
     # producer side ----------------------------------------------------------
 
@@ -485,6 +503,10 @@ class _BlobBuilder:
         batch = self._batch
         del batch.kinds[len(batch.ends) :]
         hashing = self._hasher.submit(self._hash, batch)
+        if self._compressed_spare:
+            batch.output = self._compressed_spare.pop()
+        else:
+            batch.output = _native.uninitialised_bytearray(COMPRESSED_CAPACITY)
         job = self._pool.submit(
             self._work,
             batch.view[: batch.size],
@@ -493,6 +515,7 @@ class _BlobBuilder:
             bytes(batch.kinds),
             next_kind == _CONTINUATION,
             batch.spans,
+            batch.output,
         )
         self._inflight.append((job, hashing, batch))
         # The next batch keeps the last 32 KiB, the dictionary of a member
@@ -514,20 +537,46 @@ class _BlobBuilder:
         kinds: bytes,
         open_at_end: bool,
         spans: array[int],
-    ) -> tuple[bytes, bytes, bytes, bytes]:
+        output: bytearray,
+    ) -> tuple[Union[bytes, memoryview], bytes, bytes, bytes]:
         compressor = getattr(self._local, "compressor", None)
         if compressor is None:
             compressor = self._local.compressor = _native.MemberCompressor(self.level)
         return compressor.compress_layer(
-            data, begin, ends, kinds, self.min_chunk_size, open_at_end, spans
+            data,
+            begin,
+            ends,
+            kinds,
+            self.min_chunk_size,
+            open_at_end,
+            spans,
+            output,
+            framed=True,
         )
 
     # consumer side ----------------------------------------------------------
 
-    def _write(self, data: Union[bytes, bytearray]) -> None:
+    def _write(self, data: memoryview, buffer: Optional[bytearray]) -> None:
+        """Write and hash ``data`` (a view of ``buffer``) on the sequential
+        thread, in order, so the main thread goes back to parsing the tar
+        while the kernel copies; ``buffer`` is reused afterwards."""
+        self.blob_size += len(data)
+        self._writes.append(self._hasher.submit(self._write_now, data, buffer))
+        while len(self._writes) > WRITES_AHEAD:
+            self._writes.popleft().result()
+
+    def _write_now(
+        self, data: Union[bytes, memoryview], buffer: Optional[bytearray] = None
+    ) -> None:
         self.out.write(data)
         self.blob_hash.update(data)
-        self.blob_size += len(data)
+        if isinstance(data, memoryview):
+            data.release()
+        self._recycle_output(buffer)
+
+    def _drain(self) -> None:
+        while self._writes:
+            self._writes.popleft().result()
 
     def _collect(self) -> None:
         job, hashing, batch = self._inflight.popleft()
@@ -537,8 +586,14 @@ class _BlobBuilder:
             chunk.chunk_digest = "sha256:" + digests[32 * i : 32 * i + 32].hex()
         pieces = memoryview(raw_pieces).cast("Q")
         positions = memoryview(raw_positions).cast("Q")
-        source = memoryview(compressed)
-        out = bytearray()
+        # The worker wrote the members' headers and left room for their
+        # trailers: the bytes are the blob's once the trailers are in.
+        if isinstance(compressed, memoryview):
+            out, reuse = compressed, batch.output
+        else:
+            # They did not fit the batch's output buffer.
+            out, reuse = memoryview(bytearray(compressed)), None
+            self._recycle_output(batch.output)
         # Where each piece's member starts in the blob, and how many
         # uncompressed bytes of that member came before the piece.
         piece_member: list[tuple[int, int]] = []
@@ -549,26 +604,30 @@ class _BlobBuilder:
                 if self._member_open:
                     raise AssertionError("a member opened inside an open one")
                 self._member_open = True
-                self._member_offset = self.blob_size + len(out)
+                self._member_offset = self.blob_size + previous
                 self._member_crc = 0
                 self._member_usize = 0
-                out += self._header
             piece_member.append((self._member_offset, self._member_usize))
-            out += source[previous:end]
             previous = end
             self._member_crc = _native.crc32_combine(self._member_crc, crc, usize)
             self._member_usize += usize
             if flags & 2:
-                out += _native.gzip_trailer(self._member_crc, self._member_usize)
+                out[end - 8 : end] = _native.gzip_trailer(
+                    self._member_crc, self._member_usize
+                )
                 self._member_open = False
         for i, record in enumerate(batch.records):
             if record is not None and batch.kinds[i] != _CONTINUATION:
                 member_offset, before = piece_member[positions[2 * i]]
                 record.offset = member_offset
                 record.inner_offset = before + positions[2 * i + 1]
-        self._write(out)
+        self._write(out, reuse)
         if len(self._spare) < 2:
             self._spare.append(batch.buffer)
+
+    def _recycle_output(self, buffer: Optional[bytearray]) -> None:
+        if buffer is not None and len(self._compressed_spare) < 2:
+            self._compressed_spare.append(buffer)
 
     def finish(self) -> None:
         """Compress and write everything still pending."""
@@ -579,6 +638,7 @@ class _BlobBuilder:
             self._submit(None)
         while self._inflight:
             self._collect()
+        self._drain()
 
     def close(self) -> None:
         for job, hashing, _ in self._inflight:
@@ -593,7 +653,9 @@ class _BlobBuilder:
         self._hasher.shutdown(wait=True)
 
     def write_raw(self, data: bytes) -> None:
-        self._write(data)
+        self._drain()
+        self._write_now(data)
+        self.blob_size += len(data)
 
 
 # -- layer conversion --------------------------------------------------------

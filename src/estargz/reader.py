@@ -840,9 +840,9 @@ class _Metadata:
                 f"device {self.devices[0]},{self.devices[1]} in the tar, "
                 f"{entry.dev_major},{entry.dev_minor} in the TOC"
             )
-        if self.modtime != entry.modtime and parse_modtime(
-            self.modtime
-        ) != parse_modtime(entry.modtime):
+        if self.modtime != entry.modtime and not _same_time(
+            self.modtime, entry.modtime
+        ):
             return (
                 f"modification time {self.modtime or 'none'} in the tar, "
                 f"{entry.modtime or 'none'} in the TOC"
@@ -852,6 +852,20 @@ class _Metadata:
             key = next(k for k in keys if self.xattrs.get(k) != entry.xattrs.get(k))
             return f"extended attribute {key!r} differs between the tar and the TOC"
         return ""
+
+
+def _same_time(a: str, b: str) -> bool:
+    """Whether two TOC modification times agree within a second (writers
+    round or truncate the fraction), none and the epoch alike (Go writes
+    neither)."""
+    times = []
+    for text in (a, b):
+        value = parse_modtime(text)
+        times.append(None if value is None else value.timestamp())
+    first, second = (None if t is not None and abs(t) < 1 else t for t in times)
+    if first is None or second is None:
+        return first is second
+    return abs(first - second) <= 1
 
 
 class _StreamCheck:

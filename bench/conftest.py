@@ -22,6 +22,17 @@ import pytest
 from _support import CEILINGS, PEERS, TARGETS
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Our child processes should start as an installed estargz does: pip
+    # byte-compiles a package when it installs it, a source checkout (and
+    # PYTHONDONTWRITEBYTECODE) would compile every module on every start.
+    import compileall
+
+    import estargz
+
+    compileall.compile_dir(Path(estargz.__file__).parent, quiet=1)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--ratios-json",

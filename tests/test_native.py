@@ -718,3 +718,47 @@ def test_gzip_reader_refuses_a_source_that_lies_about_its_count() -> None:
 
     with pytest.raises(ValueError, match="bytes, .* were asked for"):
         _native.GzipReader(Greedy()).read()
+
+
+# -- tar header numbers --------------------------------------------------------
+
+_FIELD_BYTES = st.sampled_from([*b"01234567 \x00", ord("8"), ord("x"), 0x80, 0xFF])
+
+
+@given(
+    fields=st.lists(
+        st.lists(_FIELD_BYTES, min_size=12, max_size=12), min_size=8, max_size=8
+    ),
+    rest=st.binary(min_size=512, max_size=512),
+)
+def test_tar_header_numbers_agree_with_the_python_reader(
+    fields: list[list[int]], rest: bytes
+) -> None:
+    """Each field parsed natively equals the reader's own parse, or is None
+    exactly where that parse is not plain octal (base-256 or an error)."""
+    from estargz._tar import ByteSource, TarReader
+
+    block = bytearray(rest)
+    places = [(124, 12), (100, 8), (108, 8), (116, 8), (136, 12), (329, 8), (337, 8)]
+    places.append((148, 8))
+    for (start, length), field in zip(places, fields):
+        block[start : start + length] = bytes(field[:length])
+    numbers = _native.tar_header_numbers(bytes(block))
+    reader = TarReader(ByteSource(io.BytesIO(b"")))
+    for (start, length), found in zip(places, numbers):
+        field = bytes(block[start : start + length])
+        try:
+            expected = reader._numeric(field, "field", 0)
+        except estargz.EStargzError:
+            assert found is None
+            continue
+        if field[0] & 0x80:
+            assert found is None
+        else:
+            assert found == expected
+    unsigned = sum(block) - sum(block[148:156]) + 256
+    signed = unsigned - 256 * sum(b >= 0x80 for b in block)
+    signed += 256 * sum(b >= 0x80 for b in block[148:156])
+    assert numbers[8:] == (unsigned, signed)
+    with pytest.raises(ValueError, match="512 bytes"):
+        _native.tar_header_numbers(bytes(511))

@@ -336,6 +336,67 @@ def gzip_header(int level=9):
     return PyBytes_FromStringAndSize(<char *>header, 10)
 
 
+cdef int octal_field(const uint8_t *p, Py_ssize_t n, int64_t *out) noexcept nogil:
+    """A tar header's octal number field, as ``TarReader._numeric`` reads it
+    (spaces and NULs stripped from both ends, cut at a NUL, empty is 0);
+    -1 for base-256 or anything but octal digits (the caller's slow path)."""
+    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t j = n
+    cdef Py_ssize_t k
+    cdef int64_t value = 0
+    if p[0] & 0x80:
+        return -1
+    while i < j and (p[i] == 32 or p[i] == 0):
+        i += 1
+    while j > i and (p[j - 1] == 32 or p[j - 1] == 0):
+        j -= 1
+    k = i
+    while k < j and p[k] != 0:
+        if p[k] < 48 or p[k] > 55:
+            return -1
+        value = value * 8 + (p[k] - 48)
+        k += 1
+    out[0] = value
+    return 0
+
+
+cdef tuple TAR_FIELDS = (
+    (124, 12), (100, 8), (108, 8), (116, 8), (136, 12), (329, 8), (337, 8), (148, 8))
+
+
+def tar_header_numbers(const uint8_t[::1] block not None):
+    """The numbers of a 512-byte tar header block in one call: size, mode,
+    uid, gid, mtime, devmajor, devminor and the stored checksum (each None
+    when the field is not plain octal: base-256 or malformed, left to the
+    caller), then the block's unsigned and signed checksums."""
+    cdef const uint8_t *p
+    cdef Py_ssize_t i
+    cdef int64_t value
+    cdef int64_t total = 0
+    cdef int64_t high = 0
+    cdef int64_t field_total = 0
+    cdef int64_t field_high = 0
+    if block.shape[0] != 512:
+        raise ValueError(f"a tar header block has 512 bytes, not {block.shape[0]}")
+    p = &block[0]
+    for i in range(512):
+        total += p[i]
+        high += p[i] >= 0x80
+    for i in range(148, 156):
+        field_total += p[i]
+        field_high += p[i] >= 0x80
+    unsigned = total - field_total + 8 * 32
+    result = []
+    for start, length in TAR_FIELDS:
+        if octal_field(p + <Py_ssize_t>start, length, &value) == 0:
+            result.append(value)
+        else:
+            result.append(None)
+    result.append(unsigned)
+    result.append(unsigned - 256 * high + 256 * field_high)
+    return tuple(result)
+
+
 def gzip_trailer(uint32_t crc, uint64_t size):
     """Return the 8-byte gzip member trailer for data of ``size`` bytes."""
     cdef uint8_t trailer[8]

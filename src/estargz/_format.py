@@ -119,7 +119,10 @@ _INVALID_BYTES = {code: "\ufffd" for code in range(0xDC80, 0xDD00)}
 def go_text(value: bytes) -> str:
     """What bytes become after a trip through Go's JSON: every byte that is
     not part of valid UTF-8 turns into U+FFFD, one per byte."""
-    return value.decode("utf-8", "surrogateescape").translate(_INVALID_BYTES)
+    try:
+        return value.decode("utf-8")  # the common case, and much faster
+    except UnicodeDecodeError:
+        return value.decode("utf-8", "surrogateescape").translate(_INVALID_BYTES)
 
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import BinaryIO, Callable, Optional
+from typing import Any, BinaryIO, Callable, Optional
 
+from estargz import _native
 from estargz.errors import InputError
 
 BLOCK = 512
@@ -234,14 +235,12 @@ class TarReader:
             )
         return block
 
-    def _check(self, block: bytes, offset: int) -> None:
-        stored = self._numeric(block[148:156], "checksum", offset)
-        unsigned = sum(block) - sum(block[148:156]) + 8 * 32
-        if stored == unsigned:
-            return
-        signed = unsigned - 256 * sum(1 for b in block if b >= 0x80)
-        signed += 256 * sum(1 for b in block[148:156] if b >= 0x80)
-        if stored != signed:
+    def _check(self, block: bytes, offset: int, numbers: tuple[Any, ...]) -> None:
+        stored = numbers[7]
+        if stored is None:
+            stored = self._numeric(block[148:156], "checksum", offset)
+        unsigned, signed = numbers[8], numbers[9]
+        if stored != unsigned and stored != signed:
             raise self._error(
                 f"header checksum is {stored:o}, the header sums to {unsigned:o}",
                 offset,
@@ -315,7 +314,8 @@ class TarReader:
                 self.end_offset = header_offset
                 self._eoa = block + second
                 raise StopIteration
-            self._check(block, header_offset)
+            numbers = _native.tar_header_numbers(block)
+            self._check(block, header_offset, numbers)
             raw += block
             typeflag = block[156:157]
             if typeflag in META_TYPES:
@@ -345,7 +345,7 @@ class TarReader:
                             # the global records in force when they were read.
                             self.global_pax = {**self.global_pax, key: value}
                 continue
-            entry = self._entry(block, header_offset)
+            entry = self._entry(block, header_offset, numbers)
             entry.header_offset = entry_offset
             self._merge_pax(entry, {**self.global_pax, **local}, header_offset)
             if long_name is not None:
@@ -382,7 +382,7 @@ class TarReader:
             self._pending_entry = entry
             return entry
 
-    def _entry(self, block: bytes, offset: int) -> TarEntry:
+    def _entry(self, block: bytes, offset: int, numbers: tuple[Any, ...]) -> TarEntry:
         entry = TarEntry()
         magic = block[257:263]
         if magic == MAGIC_USTAR and block[508:512] == TRAILER_STAR:
@@ -396,16 +396,33 @@ class TarReader:
         entry.typeflag = block[156:157]
         entry.name = _cstring(block[0:100])
         entry.linkname = _cstring(block[157:257])
-        entry.size = self._numeric(block[124:136], "size", offset)
-        entry.mode = self._numeric(block[100:108], "mode", offset)
-        entry.uid = self._numeric(block[108:116], "uid", offset)
-        entry.gid = self._numeric(block[116:124], "gid", offset)
-        entry.mtime_ns = self._numeric(block[136:148], "mtime", offset) * 1_000_000_000
+        # Plain octal fields come parsed (numbers); the rest take the slow
+        # path, which also names what is wrong with them.
+        size, mode, uid, gid, mtime, devmajor, devminor = numbers[:7]
+        if size is None:
+            size = self._numeric(block[124:136], "size", offset)
+        if mode is None:
+            mode = self._numeric(block[100:108], "mode", offset)
+        if uid is None:
+            uid = self._numeric(block[108:116], "uid", offset)
+        if gid is None:
+            gid = self._numeric(block[116:124], "gid", offset)
+        if mtime is None:
+            mtime = self._numeric(block[136:148], "mtime", offset)
+        entry.size = size
+        entry.mode = mode
+        entry.uid = uid
+        entry.gid = gid
+        entry.mtime_ns = mtime * 1_000_000_000
         if fmt != "v7":
             entry.uname = _cstring(block[265:297])
             entry.gname = _cstring(block[297:329])
-            entry.devmajor = self._numeric(block[329:337], "devmajor", offset)
-            entry.devminor = self._numeric(block[337:345], "devminor", offset)
+            if devmajor is None:
+                devmajor = self._numeric(block[329:337], "devmajor", offset)
+            if devminor is None:
+                devminor = self._numeric(block[337:345], "devminor", offset)
+            entry.devmajor = devmajor
+            entry.devminor = devminor
             prefix = b""
             if fmt == "ustar":
                 prefix = _cstring(block[345:500])

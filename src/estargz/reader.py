@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import functools
 import hashlib
 import io
 import logging
@@ -808,23 +809,21 @@ class Blob:
 class _Metadata:
     """What a tar header says about an entry beyond its type, size and
     link: a plain pull takes it from the header, a lazy pull from the TOC,
-    so the two must agree."""
+    so the two must agree.  (Kept raw; only compared at the end.)"""
 
-    __slots__ = ("devices", "gid", "mode", "modtime", "uid", "xattrs")
+    __slots__ = ("devices", "gid", "mode", "mtime_ns", "uid", "xattrs")
 
     def __init__(self, tar_entry: Any, kind: str) -> None:
         self.mode = tar_entry.mode
         self.uid = tar_entry.uid
         self.gid = tar_entry.gid
-        self.modtime = format_modtime(tar_entry.mtime_ns)
+        self.mtime_ns = tar_entry.mtime_ns
         self.devices = (
             (tar_entry.devmajor, tar_entry.devminor)
             if kind in ("char", "block")
             else (0, 0)
         )
-        self.xattrs = {
-            go_text(key): tar_entry.xattrs[key] for key in sorted(tar_entry.xattrs)
-        }
+        self.xattrs = tar_entry.xattrs
 
     def differs(self, entry: TOCEntry) -> str:
         """How ``entry`` disagrees with the header ("" if it does not)."""
@@ -840,18 +839,25 @@ class _Metadata:
                 f"device {self.devices[0]},{self.devices[1]} in the tar, "
                 f"{entry.dev_major},{entry.dev_minor} in the TOC"
             )
-        if self.modtime != entry.modtime and not _same_time(
-            self.modtime, entry.modtime
-        ):
+        modtime = _modtime_text(self.mtime_ns)
+        if modtime != entry.modtime and not _same_time(modtime, entry.modtime):
             return (
-                f"modification time {self.modtime or 'none'} in the tar, "
+                f"modification time {modtime or 'none'} in the tar, "
                 f"{entry.modtime or 'none'} in the TOC"
             )
-        if self.xattrs != entry.xattrs:
-            keys = sorted(set(self.xattrs) | set(entry.xattrs))
-            key = next(k for k in keys if self.xattrs.get(k) != entry.xattrs.get(k))
-            return f"extended attribute {key!r} differs between the tar and the TOC"
+        if self.xattrs or entry.xattrs:
+            xattrs = {go_text(key): self.xattrs[key] for key in sorted(self.xattrs)}
+            if xattrs != entry.xattrs:
+                keys = sorted(set(xattrs) | set(entry.xattrs))
+                key = next(k for k in keys if xattrs.get(k) != entry.xattrs.get(k))
+                return f"extended attribute {key!r} differs between the tar and the TOC"
         return ""
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _modtime_text(mtime_ns: int) -> str:
+    # A layer's files share few distinct times.
+    return format_modtime(mtime_ns)
 
 
 def _same_time(a: str, b: str) -> bool:

@@ -5,6 +5,7 @@ the TOC's JSON text as Go writes it, names, footers and small tar headers.
 from __future__ import annotations
 
 import datetime
+import functools
 import posixpath
 import re
 import struct
@@ -75,6 +76,16 @@ def clean_name(name: bytes) -> bytes:
     """The name a reader uses for an entry: Go's ``path.Clean("/"+name)``
     without the leading slash, so ``./a``, ``/a``, ``../a`` and ``a/`` are
     all ``a`` and the root is empty."""
+    if (
+        name
+        and not name.startswith((b"/", b"./", b"../"))
+        and not name.endswith((b"/", b"/.", b"/.."))
+        and b"//" not in name
+        and b"/./" not in name
+        and b"/../" not in name
+        and name not in (b".", b"..")
+    ):
+        return name  # clean already (most names): normpath would return it
     return posixpath.normpath(b"/" + name).lstrip(b"/")
 
 
@@ -128,6 +139,7 @@ def go_text(value: bytes) -> str:
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 
+@functools.lru_cache(maxsize=1 << 12)
 def format_modtime(mtime_ns: int) -> str:
     """Go's ``formatModtime``: nothing for the epoch second, else UTC
     rounded to the second (halves up) in RFC 3339."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 import collections
-import functools
 import hashlib
 import io
 import logging
@@ -839,7 +838,7 @@ class _Metadata:
                 f"device {self.devices[0]},{self.devices[1]} in the tar, "
                 f"{entry.dev_major},{entry.dev_minor} in the TOC"
             )
-        modtime = _modtime_text(self.mtime_ns)
+        modtime = format_modtime(self.mtime_ns)
         if modtime != entry.modtime and not _same_time(modtime, entry.modtime):
             return (
                 f"modification time {modtime or 'none'} in the tar, "
@@ -852,12 +851,6 @@ class _Metadata:
                 key = next(k for k in keys if xattrs.get(k) != entry.xattrs.get(k))
                 return f"extended attribute {key!r} differs between the tar and the TOC"
         return ""
-
-
-@functools.lru_cache(maxsize=1 << 12)
-def _modtime_text(mtime_ns: int) -> str:
-    # A layer's files share few distinct times.
-    return format_modtime(mtime_ns)
 
 
 def _same_time(a: str, b: str) -> bool:

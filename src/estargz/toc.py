@@ -71,6 +71,16 @@ _STR_KEYS = (
 def clean_name(name: str) -> str:
     """Go's ``cleanEntryName``: ``path.Clean("/"+name)`` minus the leading
     slash, so ``./a``, ``/a``, ``../a`` and ``a/`` all name ``a``."""
+    if (
+        name
+        and not name.startswith(("/", "./", "../"))
+        and not name.endswith(("/", "/.", "/.."))
+        and "//" not in name
+        and "/./" not in name
+        and "/../" not in name
+        and name not in (".", "..")
+    ):
+        return name  # clean already (most names): normpath would return it
     return posixpath.normpath("/" + name).lstrip("/")
 
 

@@ -337,3 +337,51 @@ def test_a_modification_time_written_another_way_is_the_same_time() -> None:
     with open_blob(rebuild_with_toc(rebuilt, json.dumps(toc).encode())) as opened:
         with pytest.raises(estargz.VerificationError, match="modification time"):
             opened.verify()
+
+
+def test_a_read_error_names_the_member_by_its_offset_in_the_blob() -> None:
+    # The TOC points at an empty member; the data follows in the next one.
+    data = b"hello\n"
+    blob = member(ustar_header(b"a.txt", len(data)))
+    at = len(blob)
+    blob += member(b"") + member(padded(data)) + member(bytes(1024))
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    entry = {"name": "a.txt", "type": "reg", "size": 6, "offset": at}
+    entry |= {"digest": digest, "chunkDigest": digest}
+    end = len(blob)
+    toc_json = json.dumps({"version": 1, "entries": [entry]}).encode()
+    blob += member(toc_tar(toc_json)) + footer(end)
+    with open_blob(blob) as opened:
+        with pytest.raises(
+            estargz.VerificationError,
+            match=f"'a.txt'.*gzip member at offset {at} ends before uncompressed byte 6",
+        ):
+            opened.read("a.txt")
+
+
+def test_a_name_repeated_thousands_of_times_is_matched_by_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each tar entry of the name is matched to its TOC file by where its data
+    # starts, not by trying every TOC file of that name (quadratic before).
+    from estargz.reader import _StreamCheck
+
+    calls = 0
+    original = _StreamCheck._member_position
+
+    def counted(self: Any, row: int) -> Any:
+        nonlocal calls
+        calls += 1
+        return original(self, row)
+
+    monkeypatch.setattr(_StreamCheck, "_member_position", counted)
+    n = 2000
+    files = [("same", f"copy {i}\n".encode()) for i in range(n)]
+    with open_blob(hand_made(files)) as opened:
+        report = opened.verify()
+    assert report.entries == n and report.chunks == n
+    assert calls < 4 * n
+    tampered = hand_made(files, payloads={"same": b"HACKED"})
+    with open_blob(tampered) as opened:
+        with pytest.raises(estargz.VerificationError, match="'same'"):
+            opened.verify()

@@ -744,3 +744,109 @@ def test_memory_does_not_grow_with_layer_size(tmp_path: Path) -> None:
         peaks.append(int(out.splitlines()[-1]))
         path.unlink()
     assert peaks[1] < peaks[0] + 16 * 1024, peaks  # KiB
+
+
+# -- what the adversarial pass of stop 7 found -------------------------------
+
+
+def _pax(records: list[tuple[bytes, bytes]]) -> bytes:
+    from estargz._format import ustar_header
+
+    body = b""
+    for key, value in records:
+        record = b" " + key + b"=" + value + b"\n"
+        size = len(record) + 1
+        while len(str(size)) + len(record) != size:
+            size += 1
+        body += str(size).encode() + record
+    return ustar_header(b"PaxHeader", len(body), b"x") + body + bytes(-len(body) % 512)
+
+
+@pytest.mark.parametrize("key", [b"path", b"size", b"uid", b"mtime", b"linkpath"])
+def test_an_empty_pax_value_keeps_the_header_value_as_go_does(
+    key: bytes, tmp_path: Path
+) -> None:
+    from estargz._format import ustar_header
+
+    data = b"abc"
+    tar = _pax([(key, b"")]) + ustar_header(b"f", 3, mode=0o644, mtime=1700000000)
+    tar += data + bytes(509) + bytes(1024)
+    layer = tmp_path / "l.tar"
+    layer.write_bytes(tar)
+    out = tmp_path / "l.esgz"
+    writer.convert(layer, out)
+    with open_blob(out) as blob:
+        blob.verify()
+        assert blob.read("f") == data
+        assert blob.lookup("f").mtime is not None
+
+
+def test_a_base256_checksum_is_refused_as_go_refuses_it(tmp_path: Path) -> None:
+    from estargz._format import ustar_header
+
+    header = bytearray(ustar_header(b"f", 0))
+    total = sum(header[:148]) + sum(header[156:]) + 256
+    header[148:156] = bytes([0x80]) + total.to_bytes(7, "big")
+    layer = tmp_path / "l.tar"
+    layer.write_bytes(bytes(header) + bytes(1024))
+    with pytest.raises(estargz.InputError, match="at offset 0: checksum field"):
+        writer.convert(layer, tmp_path / "l.esgz")
+    assert not list(tmp_path.glob("*.esgz*")) and not list(tmp_path.glob(".l.*"))
+
+
+def test_a_bad_number_names_its_entry(tmp_path: Path) -> None:
+    from estargz._format import ustar_header
+
+    header = bytearray(ustar_header(b"some/file", 0))
+    header[108:116] = b"00x0000\0"  # uid
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    layer = tmp_path / "l.tar"
+    layer.write_bytes(bytes(header) + bytes(1024))
+    with pytest.raises(
+        estargz.InputError, match="entry 'some/file' at offset 0: uid field"
+    ):
+        writer.convert(layer, tmp_path / "l.esgz")
+
+
+def test_outputs_that_are_not_regular_files_are_written_not_replaced(
+    tmp_path: Path,
+) -> None:
+    import threading
+
+    layer = tmp_path / "l.tar"
+    layer.write_bytes(make_tar([("a", b"hello\n")]))
+    # A symbolic link: the file it names is written, the link stays.
+    (tmp_path / "link").symlink_to("target.esgz")
+    writer.convert(layer, tmp_path / "link")
+    assert (tmp_path / "link").is_symlink()
+    with open_blob(tmp_path / "target.esgz") as blob:
+        assert blob.read("a") == b"hello\n"
+    # A FIFO: a reader on it gets the blob; the FIFO stays a FIFO.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    writer.convert(layer, fifo)
+    reader.join(30)
+    assert got and got[0] == (tmp_path / "target.esgz").read_bytes()
+    assert fifo.is_fifo()
+
+
+def test_a_failing_close_still_removes_the_temporary_file(tmp_path: Path) -> None:
+    from estargz._util import AtomicOutput
+
+    class Full(io.BytesIO):
+        def close(self) -> None:
+            super().close()
+            raise OSError(28, "No space left on device")
+
+    output = AtomicOutput(tmp_path / "o.esgz")
+    with output:
+        assert output.file is not None
+        output.file.close()
+        output.file = Full()  # type: ignore[assignment]
+        temp = output._temp
+        assert os.path.exists(temp)
+    assert not os.path.exists(temp) and not (tmp_path / "o.esgz").exists()

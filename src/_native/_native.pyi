@@ -38,6 +38,7 @@ def inflate_member(
     skip: int = 0,
     size: int = -1,
     max_output: int = ...,
+    base: int = 0,
 ) -> bytes: ...
 def inflate_stream(data: Buffer, max_output: int = ...) -> bytes: ...
 

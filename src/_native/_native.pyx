@@ -926,7 +926,8 @@ cdef int check_gzip_magic(const uint8_t *src, size_t size) noexcept nogil:
 
 def inflate_member(const uint8_t[::1] data not None, Py_ssize_t offset=0,
                    Py_ssize_t skip=0,
-                   Py_ssize_t size=-1, Py_ssize_t max_output=DEFAULT_MAX_OUTPUT):
+                   Py_ssize_t size=-1, Py_ssize_t max_output=DEFAULT_MAX_OUTPUT,
+                   uint64_t base=0):
     """Inflate the gzip member that starts at ``data[offset]``.
 
     The first ``skip`` uncompressed bytes (a chunk's ``innerOffset``) are
@@ -938,7 +939,8 @@ def inflate_member(const uint8_t[::1] data not None, Py_ssize_t offset=0,
         inflates to more raises instead of exhausting memory
     :raises NativeError: corrupt or truncated data, a member shorter than
         ``skip + size``, or output beyond ``max_output``; the error's
-        ``offset`` is the position reached in ``data``
+        ``offset`` is the position reached in ``data``, plus ``base``
+        (where ``data`` starts in a blob, so messages name blob offsets)
 
     Releases the GIL.
     """
@@ -988,11 +990,11 @@ def inflate_member(const uint8_t[::1] data not None, Py_ssize_t offset=0,
                 status = ERR_SHORT if ended or consumed < total else ERR_TRUNCATED
             if status == ERR_SHORT:
                 raise NativeError(
-                    f"inflate: gzip member at offset {offset} ends before "
+                    f"inflate: gzip member at offset {base + offset} ends before "
                     f"uncompressed byte {skip + size} (skip {skip}, size {size})",
-                    0, offset + consumed)
+                    0, base + offset + consumed)
             if status:
-                raise make_error(status, "inflate", offset + consumed, strm.msg)
+                raise make_error(status, "inflate", base + offset + consumed, strm.msg)
             return result
 
         # The rest of the member (capped), or a large ``size``: the buffer
@@ -1020,21 +1022,22 @@ def inflate_member(const uint8_t[::1] data not None, Py_ssize_t offset=0,
                 status = ERR_SHORT if ended or consumed < total else ERR_TRUNCATED
                 if status == ERR_SHORT:
                     raise NativeError(
-                        f"inflate: gzip member at offset {offset} ends before "
+                        f"inflate: gzip member at offset {base + offset} ends before "
                         f"uncompressed byte {skip + size} (skip {skip}, size {size})",
-                        0, offset + consumed)
+                        0, base + offset + consumed)
             if status == 0 and size < 0 and out.size > <size_t>max_output:
                 status = ERR_OUTPUT_CAP
             if status == ERR_SHORT:
                 raise NativeError(
-                    f"inflate: gzip member at offset {offset} ends before "
-                    f"uncompressed byte {skip}", 0, offset + consumed)
+                    f"inflate: gzip member at offset {base + offset} ends before "
+                    f"uncompressed byte {skip}", 0, base + offset + consumed)
             if status == ERR_OUTPUT_CAP:
                 raise NativeError(
-                    f"inflate: gzip member at offset {offset} inflates to more than "
-                    f"the cap of {max_output} bytes", 0, offset + consumed)
+                    f"inflate: gzip member at offset {base + offset} inflates to "
+                    f"more than the cap of {max_output} bytes",
+                    0, base + offset + consumed)
             if status:
-                raise make_error(status, "inflate", offset + consumed, strm.msg)
+                raise make_error(status, "inflate", base + offset + consumed, strm.msg)
             return outbuf_to_bytes(&out)
         finally:
             free(out.data)

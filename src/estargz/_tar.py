@@ -202,7 +202,7 @@ class TarReader:
 
     # -- numbers -----------------------------------------------------------
 
-    def _numeric(self, field: bytes, what: str, offset: int) -> int:
+    def _numeric(self, field: bytes, what: str, offset: int, name: bytes = b"") -> int:
         if field[0] & 0x80:
             # Base-256 (GNU), two's complement when bit 6 of the first byte is set.
             negative = bool(field[0] & 0x40)
@@ -210,7 +210,7 @@ class TarReader:
             if negative:
                 value -= 1 << (len(field) * 8 - 1)
             if not -(1 << 63) <= value < (1 << 63):
-                raise self._error(f"{what} field overflows", offset)
+                raise self._error(f"{what} field overflows", offset, name)
             return value
         text = field.strip(b" \x00")
         end = text.find(b"\x00")
@@ -219,7 +219,9 @@ class TarReader:
         if not text:
             return 0
         if text.translate(None, b"01234567"):
-            raise self._error(f"{what} field {field!r} is not an octal number", offset)
+            raise self._error(
+                f"{what} field {field!r} is not an octal number", offset, name
+            )
         return int(text, 8)
 
     # -- headers -----------------------------------------------------------
@@ -238,6 +240,13 @@ class TarReader:
     def _check(self, block: bytes, offset: int, numbers: tuple[Any, ...]) -> None:
         stored = numbers[7]
         if stored is None:
+            # (An unchecked header's name may be any junk: not named here.)
+            if block[148] & 0x80:
+                # Go reads the checksum as octal only.
+                raise self._error(
+                    f"checksum field {block[148:156]!r} is not an octal number",
+                    offset,
+                )
             stored = self._numeric(block[148:156], "checksum", offset)
         unsigned, signed = numbers[8], numbers[9]
         if stored != unsigned and stored != signed:
@@ -248,7 +257,7 @@ class TarReader:
             )
 
     def _special(self, block: bytes, offset: int, kind: str) -> bytes:
-        size = self._numeric(block[124:136], "size", offset)
+        size = self._numeric(block[124:136], "size", offset, _cstring(block[:100]))
         if size > MAX_SPECIAL_SIZE:
             raise self._error(f"{kind} of {size} bytes is over the 1 MiB limit", offset)
         data = self.source.read(size + (-size % BLOCK))
@@ -400,15 +409,15 @@ class TarReader:
         # path, which also names what is wrong with them.
         size, mode, uid, gid, mtime, devmajor, devminor = numbers[:7]
         if size is None:
-            size = self._numeric(block[124:136], "size", offset)
+            size = self._numeric(block[124:136], "size", offset, entry.name)
         if mode is None:
-            mode = self._numeric(block[100:108], "mode", offset)
+            mode = self._numeric(block[100:108], "mode", offset, entry.name)
         if uid is None:
-            uid = self._numeric(block[108:116], "uid", offset)
+            uid = self._numeric(block[108:116], "uid", offset, entry.name)
         if gid is None:
-            gid = self._numeric(block[116:124], "gid", offset)
+            gid = self._numeric(block[116:124], "gid", offset, entry.name)
         if mtime is None:
-            mtime = self._numeric(block[136:148], "mtime", offset)
+            mtime = self._numeric(block[136:148], "mtime", offset, entry.name)
         entry.size = size
         entry.mode = mode
         entry.uid = uid
@@ -418,9 +427,9 @@ class TarReader:
             entry.uname = _cstring(block[265:297])
             entry.gname = _cstring(block[297:329])
             if devmajor is None:
-                devmajor = self._numeric(block[329:337], "devmajor", offset)
+                devmajor = self._numeric(block[329:337], "devmajor", offset, entry.name)
             if devminor is None:
-                devminor = self._numeric(block[337:345], "devminor", offset)
+                devminor = self._numeric(block[337:345], "devminor", offset, entry.name)
             entry.devmajor = devmajor
             entry.devminor = devminor
             prefix = b""
@@ -436,6 +445,10 @@ class TarReader:
         self, entry: TarEntry, records: dict[bytes, bytes], offset: int
     ) -> None:
         for key, value in records.items():
+            if not value and not key.startswith(SCHILY_XATTR):
+                # An empty value keeps the header's own (Go's mergePAX); an
+                # xattr may be empty (Go keeps it, from PAXRecords).
+                continue
             if key == b"path":
                 entry.name = value
             elif key == b"linkpath":
@@ -447,20 +460,22 @@ class TarReader:
             elif key in (b"uid", b"gid", b"size"):
                 if not _DECIMAL.fullmatch(value):
                     raise self._error(
-                        f"PAX {key.decode()} {value!r} is not a number", offset
+                        f"PAX {key.decode()} {value!r} is not a number",
+                        offset,
+                        entry.name,
                     )
                 setattr(entry, key.decode(), int(value))
             elif key == b"mtime":
-                entry.mtime_ns = self._pax_time(value, offset)
+                entry.mtime_ns = self._pax_time(value, offset, entry.name)
             elif key.startswith(SCHILY_XATTR):
                 entry.xattrs[key[len(SCHILY_XATTR) :]] = value
 
-    def _pax_time(self, value: bytes, offset: int) -> int:
+    def _pax_time(self, value: bytes, offset: int, name: bytes = b"") -> int:
         whole, _, fraction = value.partition(b".")
         negative = whole.startswith(b"-")
         digits = whole[1:] if negative else whole
         if not digits.isdigit() or (fraction and not fraction.isdigit()):
-            raise self._error(f"PAX time {value!r} is not a number", offset)
+            raise self._error(f"PAX time {value!r} is not a number", offset, name)
         nanos = int((fraction[:9] + b"000000000")[:9]) if fraction else 0
         total = int(digits) * 1_000_000_000 + nanos
         return -total if negative else total

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -30,35 +31,48 @@ class AtomicOutput:
     into place by :meth:`commit`; anything else removes it, so a failure
     never leaves a half-written file and never touches an existing one.
 
-    The target ``-`` means standard output: the bytes are copied there on
-    commit, so nothing reaches it when the work fails.
+    The target ``-`` means standard output, and a target that is not a
+    regular file (a device, a FIFO) is written as it stands, not replaced:
+    the bytes then wait in a temporary file and are copied there on commit,
+    so nothing reaches it when the work fails.  A symbolic link is followed:
+    the file it names is replaced, the link stays.
     """
 
     def __init__(self, target: PathLike) -> None:
         self.target = os.fspath(target)
         self.to_stdout = self.target == "-"
+        self.copy_to: Optional[str] = None
         self.file: Optional[BinaryIO] = None
         self._temp = ""
+        self._final = self.target
         self._committed = False
 
     def __enter__(self) -> AtomicOutput:
-        if self.to_stdout:
-            handle, self._temp = tempfile.mkstemp(prefix="estargz-", suffix=".part")
-        else:
-            path = Path(self.target)
-            parent = path.parent if str(path.parent) else Path(".")
-            if path.is_dir():
+        if not self.to_stdout:
+            try:
+                mode = os.stat(self.target).st_mode
+            except OSError:
+                mode = None
+            if mode is not None and stat.S_ISDIR(mode):
                 raise IsADirectoryError(
                     f"cannot write {self.target!r}: it is a directory"
                 )
+            if mode is not None and not stat.S_ISREG(mode):
+                self.copy_to = self.target
+        if self.to_stdout or self.copy_to is not None:
+            handle, self._temp = tempfile.mkstemp(prefix="estargz-", suffix=".part")
+        else:
+            # Through any symbolic links: the file they name is replaced.
+            path = Path(os.path.realpath(self.target))
             try:
                 handle, self._temp = tempfile.mkstemp(
-                    dir=parent, prefix=f".{path.name}.", suffix=".part"
+                    dir=path.parent, prefix=f".{path.name}.", suffix=".part"
                 )
             except OSError as exc:
                 raise type(exc)(
                     exc.errno, f"cannot write {self.target!r}: {exc.strerror}"
                 ) from None
+            self._final = str(path)
             os.fchmod(handle, 0o666 & ~_umask())
         self.file = os.fdopen(handle, "w+b", buffering=1 << 20)
         return self
@@ -67,33 +81,46 @@ class AtomicOutput:
         """Finish the file and move it into place."""
         assert self.file is not None
         self.file.flush()
-        if self.to_stdout:
+        if self.to_stdout or self.copy_to is not None:
             self.file.seek(0)
-            out = sys.stdout.buffer
-            while True:
-                block = self.file.read(1 << 20)
-                if not block:
-                    break
-                out.write(block)
-            out.flush()
+            if self.copy_to is not None:
+                with open(self.copy_to, "wb") as out:
+                    self._copy(out)
+            else:
+                self._copy(sys.stdout.buffer)
             self.file.close()
             os.unlink(self._temp)
         else:
             os.fsync(self.file.fileno())
             self.file.close()
-            os.replace(self._temp, self.target)
+            os.replace(self._temp, self._final)
         self._committed = True
+
+    def _copy(self, out: BinaryIO) -> None:
+        assert self.file is not None
+        while True:
+            block = self.file.read(1 << 20)
+            if not block:
+                break
+            out.write(block)
+        out.flush()
 
     def discard(self) -> None:
         if self._committed or not self._temp:
             return
-        if self.file is not None:
-            self.file.close()
-        try:
-            os.unlink(self._temp)
-        except FileNotFoundError:
-            pass
         self._committed = True
+        try:
+            if self.file is not None:
+                # Closing flushes, which fails again on a full disk: the
+                # temporary file goes whatever happens.
+                self.file.close()
+        except OSError:
+            pass
+        finally:
+            try:
+                os.unlink(self._temp)
+            except FileNotFoundError:
+                pass
 
     def __exit__(
         self,

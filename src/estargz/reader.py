@@ -296,6 +296,8 @@ class _Inflated(io.RawIOBase):
         toc = blob.toc
         chunks = toc.chunks
         self.starts: dict[int, int] = {}
+        self.start_positions: list[int] = []
+        self.start_members: list[int] = []
         self.failures: dict[int, str] = {}
         self.verified: set[int] = set()
         self._rows: dict[int, list[int]] = {}
@@ -491,7 +493,11 @@ class _Inflated(io.RawIOBase):
                 raise item
             data, size, marks = item
             for member, start in marks:
-                self.starts.setdefault(member, self._base + start)
+                if member not in self.starts:
+                    self.starts[member] = self._base + start
+                    # In stream order: where each member starts, sorted.
+                    self.start_positions.append(self._base + start)
+                    self.start_members.append(member)
             self._group_size += size
             self._recycle()
             self._held = data
@@ -607,7 +613,7 @@ class Blob:
             member = source.read_at(offset, end - offset)
             try:
                 tar_bytes = _native.inflate_member(
-                    member, max_output=max_toc_size + 3 * BLOCK
+                    member, max_output=max_toc_size + 3 * BLOCK, base=offset
                 )
             except NativeError as exc:
                 raise BlobFormatError(f"{where}: {exc}") from exc
@@ -686,7 +692,7 @@ class Blob:
         data = self.source.read_at(offset, end - offset)
         try:
             plain = _native.inflate_member(
-                data, 0, skip=inner, size=size, max_output=size
+                data, 0, skip=inner, size=size, max_output=size, base=offset
             )
         except NativeError as exc:
             raise VerificationError(
@@ -867,6 +873,10 @@ def _same_time(a: str, b: str) -> bool:
     return abs(first - second) <= 1
 
 
+# Names with more TOC files than this are matched by place, not one by one.
+_FEW = 8
+
+
 class _StreamCheck:
     """Walks the tar stream of a blob against its TOC (see Blob.verify).
 
@@ -893,6 +903,8 @@ class _StreamCheck:
         # Stream index of the tar entry whose data each TOC file was matched to.
         self.matched: dict[int, int] = {}
         self.chunks_checked = 0
+        # Per much-repeated name: its TOC files by where their data starts.
+        self._places: dict[str, dict[tuple[int, int], TOCEntry]] = {}
 
     def _fail(self, message: str) -> VerificationError:
         return VerificationError(f"tar stream: {message}")
@@ -1042,6 +1054,30 @@ class _StreamCheck:
         start = self.members.starts.get(int(chunks.offset[row]))
         return None if start is None else start + int(chunks.inner_offset[row])
 
+    def _candidate_at(
+        self, tar_entry: Any, candidates: list[TOCEntry]
+    ) -> Optional[TOCEntry]:
+        """Which of many same-named TOC files starts where ``tar_entry``'s
+        data does: looked up by (member, innerOffset), not by trying each
+        (a TOC may repeat a name thousands of times)."""
+        by_place = self._places.get(candidates[0].name)
+        if by_place is None:
+            chunks = self.toc.chunks
+            by_place = {}
+            for candidate in candidates:
+                if candidate.type == "reg" and candidate.chunk_count:
+                    row = candidate.chunk_start
+                    place = (int(chunks.offset[row]), int(chunks.inner_offset[row]))
+                    by_place.setdefault(place, candidate)
+            self._places[candidates[0].name] = by_place
+        members = self.members
+        at = tar_entry.data_offset
+        i = bisect.bisect_right(members.start_positions, at) - 1
+        if i < 0:
+            return None
+        place = (members.start_members[i], at - members.start_positions[i])
+        return by_place.get(place)
+
     def _check_data(
         self, tar_entry: Any, candidates: list[TOCEntry], index: int
     ) -> None:
@@ -1050,15 +1086,18 @@ class _StreamCheck:
         chunks = self.toc.chunks
         first = self.reader.read_payload(1)
         entry = None
-        for candidate in candidates:
-            if (
-                candidate.type == "reg"
-                and candidate.chunk_count
-                and self._member_position(candidate.chunk_start)
-                == tar_entry.data_offset
-            ):
-                entry = candidate
-                break
+        if len(candidates) > _FEW:
+            entry = self._candidate_at(tar_entry, candidates)
+        else:
+            for candidate in candidates:
+                if (
+                    candidate.type == "reg"
+                    and candidate.chunk_count
+                    and self._member_position(candidate.chunk_start)
+                    == tar_entry.data_offset
+                ):
+                    entry = candidate
+                    break
         if entry is None or entry.size != tar_entry.size:
             # An earlier copy that a later entry replaces, or a mismatch that
             # the end of the walk reports.

@@ -26,6 +26,7 @@ segments share a member, writes the members in order and fills in the TOC.
 from __future__ import annotations
 
 import collections
+import errno
 import io
 import json
 import logging
@@ -1056,11 +1057,26 @@ def convert(
         for target in outputs:
             target.commit()
         return result
+    except OSError as exc:
+        if exc.filename is None and exc.errno in _WRITE_ERRORS:
+            # Raised by a write: say where.
+            written = [
+                os.fspath(o)
+                for o in (output, external_toc)
+                if isinstance(o, (str, os.PathLike))
+            ]
+            where = " or ".join(repr(name) for name in written) or "the output"
+            raise type(exc)(exc.errno, f"cannot write {where}: {exc.strerror}") from exc
+        raise
     finally:
-        for target in outputs:
-            target.discard()
+        # The threads stop (no write still pending) before the outputs go.
         for item in reversed(stack):
             item.close()
+        for target in outputs:
+            target.discard()
+
+
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 def _convert(

@@ -385,3 +385,31 @@ def test_a_name_repeated_thousands_of_times_is_matched_by_place(
     with open_blob(tampered) as opened:
         with pytest.raises(estargz.VerificationError, match="'same'"):
             opened.verify()
+
+
+def test_a_negative_uid_as_go_writes_it_reads_and_verifies() -> None:
+    # A base-256 uid of -1 in the tar; Go's TOC then says "uid": -1.  Our
+    # writer refuses such input, but blobs Go wrote must still read.
+    data = b"hello\n"
+    header = bytearray(ustar_header(b"a.txt", len(data)))
+    header[108:116] = b"\xff" * 8
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    blob = member(bytes(header))
+    at = len(blob)
+    blob += member(padded(data)) + member(bytes(1024))
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    entry = {"name": "a.txt", "type": "reg", "size": 6, "offset": at, "uid": -1}
+    entry |= {"digest": digest, "chunkDigest": digest}
+    end = len(blob)
+    toc_json = json.dumps({"version": 1, "entries": [entry]}).encode()
+    blob += member(toc_tar(toc_json)) + footer(end)
+    with open_blob(blob) as opened:
+        assert opened.lookup("a.txt").uid == -1
+        assert opened.verify().entries == 1
+        assert opened.read("a.txt") == data
+    entry["uid"] = -2
+    toc_json = json.dumps({"version": 1, "entries": [entry]}).encode()
+    with open_blob(rebuild_with_toc(blob, toc_json)) as opened:
+        with pytest.raises(estargz.VerificationError, match="owner -1:0 in the tar"):
+            opened.verify()

@@ -188,8 +188,11 @@ class TarReader:
     stream) begins; :meth:`read_trailer` returns what follows the last entry.
     """
 
-    def __init__(self, source: ByteSource) -> None:
+    def __init__(self, source: ByteSource, *, negative_ids: bool = False) -> None:
         self.source = source
+        # Go's reader takes negative (base-256) ids; our writer refuses them,
+        # readers of what Go wrote must not.
+        self.negative_ids = negative_ids
         self.global_pax: dict[bytes, bytes] = {}
         self.end_offset = -1
         self._pending = 0
@@ -372,7 +375,8 @@ class TarReader:
                 raise self._error("negative size", header_offset, entry.name)
             for what in ("size", "uid", "gid"):
                 value = getattr(entry, what)
-                if not 0 <= value < 1 << 63:
+                low = -(1 << 63) if self.negative_ids and what != "size" else 0
+                if not low <= value < 1 << 63:
                     # Negative ids come from base-256 fields; the TOC (and
                     # every reader of it) wants them non-negative.
                     raise self._error(

@@ -891,7 +891,7 @@ class _StreamCheck:
         self.blob = blob
         self.toc = blob.toc
         self.members = members
-        self.reader = TarReader(ByteSource(plain))
+        self.reader = TarReader(ByteSource(plain), negative_ids=True)
         self.by_name: dict[str, list[TOCEntry]] = {}
         for entry in self.toc.entries:
             self.by_name.setdefault(entry.name, []).append(entry)

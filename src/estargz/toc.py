@@ -50,6 +50,7 @@ _INT_KEYS = (
 )
 # Numbers in the TOC are Go int64s; the TOC's version is a small number.
 _INT64_MAX = (1 << 63) - 1
+_INT64_MIN = -(1 << 63)
 _VERSION_MAX = (1 << 31) - 1
 # The names of the directories a TOC leaves out, which the reader makes up,
 # may take at most this many characters together.  Each is a prefix of an
@@ -98,6 +99,8 @@ def _shown(value: Any) -> str:
 def _bad_number(key: str, value: Any) -> str:
     if type(value) is int and value > 0:
         return f"{key} {_shown(value)} is larger than {_INT64_MAX} (2^63-1)"
+    if key in ("uid", "gid") and type(value) is int:
+        return f"{key} {_shown(value)} is smaller than {_INT64_MIN} (-2^63)"
     return f"{key} {_shown(value)} is not a non-negative integer"
 
 
@@ -304,9 +307,11 @@ class _Builder:
         for key in _INT_KEYS:
             value = raw.get(key)
             # type() rather than isinstance(): JSON gives plain ints, and a
-            # bool is no number here.
+            # bool is no number here.  Go writes the ids of a tar header as
+            # they are, negative ones included.
+            low = _INT64_MIN if key in ("uid", "gid") else 0
             if value is not None and (
-                type(value) is not int or not 0 <= value <= _INT64_MAX
+                type(value) is not int or not low <= value <= _INT64_MAX
             ):
                 raise self._fail(index, raw, _bad_number(key, value))
         for key in _STR_KEYS:

@@ -362,7 +362,7 @@ def test_hostile_names_and_numbers_are_one_line_errors(tmp_path: Path) -> None:
     )
     one_line_error(
         estargz("extract", str(long), str(tmp_path / "y"), check=False),
-        "File name too long: 'nnn",
+        "nnnnnnnnnnnnnnnnnnnn': File name too long",
     )
 
 

@@ -161,6 +161,13 @@ def test_oci_layout_to_oci_layout(images: Path, tmp_path: Path) -> None:
     assert [layer.toc_digest for layer in report.layers] == [
         layer["annotations"][TOC_DIGEST] for layer in manifest["layers"]
     ]
+    # Files get the mode open() would give them (0666 less the umask), so
+    # other users (a registry, containerd) can read the layout.
+    from estargz._util import file_mode
+
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert path.stat().st_mode & 0o777 == file_mode(), path
 
 
 def test_external_toc_image(images: Path, tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ class FileSource(_Counting):
                 self._file: BinaryIO = open(file, "rb")
             except OSError as exc:
                 raise BlobFormatError(
-                    f"cannot open blob {os.fspath(file)!r}: {exc}"
+                    f"cannot open blob {os.fspath(file)!r}: {exc.strerror or exc}"
                 ) from exc
             self._owned = True
         else:

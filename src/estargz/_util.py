@@ -20,10 +20,28 @@ def cpu_count() -> int:
     return os.cpu_count() or 1
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    # /proc tells without changing it; os.umask() must set it to learn it,
+    # which would briefly affect files other threads create.
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
+
+
+def file_mode() -> int:
+    """The mode a new regular file gets from ``open()`` (with the umask as
+    it was when estargz was imported)."""
+    return 0o666 & ~_UMASK
 
 
 class AtomicOutput:
@@ -73,7 +91,7 @@ class AtomicOutput:
                     exc.errno, f"cannot write {self.target!r}: {exc.strerror}"
                 ) from None
             self._final = str(path)
-            os.fchmod(handle, 0o666 & ~_umask())
+            os.fchmod(handle, file_mode())
         self.file = os.fdopen(handle, "w+b", buffering=1 << 20)
         return self
 

@@ -383,7 +383,8 @@ def _cmd_image_convert(args: argparse.Namespace) -> int:
     converted = sum(1 for layer in report.layers if layer.action == "converted")
     print(
         f"{report.destination}: {report.digest} "
-        f"({converted} layers converted, {report.seconds:.1f} s)"
+        f"({converted} layer{'' if converted == 1 else 's'} converted, "
+        f"{report.seconds:.1f} s)"
     )
     if report.toc_image:
         print(f"{report.toc_image}: {report.toc_image_digest}")
@@ -457,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the TOC out of the blob; write it (gzip-compressed tar) here",
     )
     convert.add_argument("--json", action="store_true", help="print one JSON report")
-    convert.set_defaults(func=_cmd_convert)
+    convert.set_defaults(func=_cmd_convert, subparser=convert)
 
     def reader_command(
         name: str, help: str, func: Callable[[argparse.Namespace], int]
@@ -555,7 +556,7 @@ def _add_image_commands(commands: Any) -> None:
     image_convert.add_argument(
         "--json", action="store_true", help="print one JSON report"
     )
-    image_convert.set_defaults(func=_cmd_image_convert)
+    image_convert.set_defaults(func=_cmd_image_convert, subparser=image_convert)
 
 
 def _bound_malloc() -> None:
@@ -578,6 +579,15 @@ def _bound_malloc() -> None:
         pass
 
 
+def _describe(exc: BaseException) -> str:
+    """One line for an error: an OS error without its "[Errno N]" prefix."""
+    if isinstance(exc, OSError) and exc.strerror:
+        if exc.filename is not None:
+            return f"{exc.filename!r}: {exc.strerror}"
+        return str(exc.strerror)
+    return str(exc)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _bound_malloc()
     # NumPy (the TOC's chunk index) does no linear algebra here; without
@@ -595,7 +605,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.verbose = getattr(args, "verbose", 0)
     args.quiet = getattr(args, "quiet", False)
     if getattr(args, "keep_diff_id", False) and not getattr(args, "external_toc", None):
-        parser.error("--keep-diff-id needs --external-toc")
+        getattr(args, "subparser", parser).error("--keep-diff-id needs --external-toc")
     level = logging.WARNING - 10 * args.verbose
     if args.quiet:
         level = logging.ERROR
@@ -618,9 +628,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (EStargzError, EStargzErrorForCLI, OSError) as exc:
         # User and environment errors: one line.  (Anything else is a bug in
         # estargz and keeps its traceback.)
+        message = _describe(exc)
         blob = getattr(args, "blob", None)
-        where = f"{blob}: " if blob and not isinstance(exc, EStargzErrorForCLI) else ""
-        print(f"estargz: error: {where}{exc}", file=sys.stderr)
+        if (
+            blob
+            and not isinstance(exc, EStargzErrorForCLI)
+            and str(blob) not in message
+        ):
+            message = f"{blob}: {message}"
+        print(f"estargz: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("estargz: interrupted", file=sys.stderr)

@@ -53,7 +53,7 @@ from estargz._registry import (
     RegistryClient,
     new_hasher,
 )
-from estargz._util import cpu_count
+from estargz._util import cpu_count, file_mode
 from estargz.errors import ConversionError, EStargzError, InputError, RegistryError
 from estargz.writer import ConvertResult, convert
 
@@ -612,6 +612,7 @@ class OCILayout(_Store):
         path = self.root / "index.json"
         fd, partial = tempfile.mkstemp(prefix=".index.json.", dir=self.root)
         try:
+            os.fchmod(fd, file_mode())  # as open() would make it, not 0600
             with os.fdopen(fd, "w") as f:
                 f.write(json.dumps(index, separators=(",", ":")))
             os.replace(partial, path)
@@ -656,7 +657,10 @@ class OCILayout(_Store):
             return
         self._prepare(target.parent)
         fd, name = tempfile.mkstemp(prefix=f".{target.name[:16]}.", dir=target.parent)
-        os.close(fd)
+        try:
+            os.fchmod(fd, file_mode())  # as open() would make it, not 0600
+        finally:
+            os.close(fd)
         partial = Path(name)
         try:
             write(partial)

@@ -132,9 +132,9 @@ def parse_footer(data: bytes) -> Footer:
             return Footer("external", EXTERNAL_TOC_FOOTER_SIZE, -1)
     shown = data[-16:].hex()
     raise BlobFormatError(
-        "not an eStargz blob: the last bytes are neither an eStargz (51-byte), "
-        "legacy stargz (47-byte) nor external-TOC (46-byte) footer "
-        f"(they end in {shown})"
+        "not an eStargz blob, or a truncated one: the last bytes are neither an "
+        "eStargz (51-byte), legacy stargz (47-byte) nor external-TOC (46-byte) "
+        f"footer (they end in {shown})"
     )
 
 

@@ -870,12 +870,15 @@ def _sorted_entries(
         if absent is not None:
             if not allow_missing:
                 if absent == clean_name(wanted):
-                    raise InputError(f"prioritized file {path!r} is not in the layer")
+                    raise InputError(
+                        f"prioritized file {path!r} is not in the layer "
+                        "(--allow-missing-prioritized skips such paths)"
+                    )
                 shown = absent.decode("utf-8", "backslashreplace")
                 raise InputError(
                     f"prioritized file {path!r}: {shown!r}, which must come "
                     "before it (a parent directory or a hardlink's target), has "
-                    "no entry in the layer"
+                    "no entry in the layer (--allow-missing-prioritized skips it)"
                 )
             missing.append(path)
     landmark: list[tuple[Any, dict[bytes, bytes]]] = [(None, {})]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Optional, Union
 
 from estargz import _native
+from estargz._source import RangeSource
 from estargz._tar import ByteSource, TarReader
 from estargz._util import AtomicOutput, PathLike
 from estargz.errors import (
@@ -432,17 +433,26 @@ def unpack(blob: Blob, output: Union[PathLike, BinaryIO]) -> int:
 
     :returns: the number of bytes written
     """
+    return unpack_payload(blob.source, blob.payload_end, output)
+
+
+def unpack_payload(
+    source: RangeSource, payload_end: int, output: Union[PathLike, BinaryIO]
+) -> int:
+    """:func:`unpack` from the blob's bytes alone: what precedes the TOC
+    (``payload_end``) is the whole layer, so an external-TOC blob unpacks
+    without its TOC."""
     if isinstance(output, (str, os.PathLike)):
         with AtomicOutput(output) as target:
             assert target.file is not None
-            written = _unpack_to(blob, target.file)
+            written = _unpack_to(source, payload_end, target.file)
             target.commit()
             return written
-    return _unpack_to(blob, output)
+    return _unpack_to(source, payload_end, output)
 
 
-def _unpack_to(blob: Blob, out: BinaryIO) -> int:
-    stream = _SourceStream(blob.source, 0, blob.payload_end)
+def _unpack_to(source: RangeSource, payload_end: int, out: BinaryIO) -> int:
+    stream = _SourceStream(source, 0, payload_end)
     plain = _native.GzipReader(io.BufferedReader(stream, 1 << 20))
     counting = _Counter(out)
     tee = io.BufferedReader(_Tee(plain, counting), 1 << 16)  # type: ignore[arg-type]

@@ -152,7 +152,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-_OPENED: list[Blob] = []
+# What the command opened, closed when it ends (blobs, sources).
+_OPENED: list[Any] = []
 
 
 def _open(args: argparse.Namespace, **options: object) -> Blob:
@@ -335,10 +336,24 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _cmd_unpack(args: argparse.Namespace) -> int:
-    from estargz._extract import unpack
+    from estargz._extract import unpack, unpack_payload
 
-    blob = _open(args)
-    written = unpack(blob, args.output)
+    written = -1
+    if not args.external_toc and args.blob != "-":
+        # An external-TOC blob is the whole layer before its footer: no TOC
+        # needed to unpack it.
+        from estargz._format import FOOTER_SIZE
+        from estargz._source import FileSource
+        from estargz.reader import parse_footer
+
+        source = FileSource(args.blob)
+        _OPENED.append(source)
+        size = source.size
+        footer = parse_footer(source.read_at(max(0, size - FOOTER_SIZE), FOOTER_SIZE))
+        if footer.format == "external":
+            written = unpack_payload(source, size - footer.size, args.output)
+    if written < 0:
+        written = unpack(_open(args), args.output)
     if args.output != "-" and not args.quiet:
         print(f"wrote {args.output}: {_human(written)} tar", file=sys.stderr)
     return 0

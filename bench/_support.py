@@ -11,7 +11,7 @@ import sysconfig
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,9 +167,9 @@ def run_measured(command: Sequence[str]) -> tuple[float, int, str]:
         return seconds, peak, result.stdout.decode()
 
 
-def member_pieces(blob: Path) -> tuple[list[bytes], list[int]]:
-    """Every gzip member of a blob before its TOC (or external-TOC footer),
-    compressed, with its uncompressed size: what a verifier inflates."""
+def _members(blob: Path) -> Iterator[tuple[bytes, bytes]]:
+    """Each gzip member of a blob before its TOC (or external-TOC footer):
+    its compressed bytes and what it inflates to."""
     from estargz import _native
 
     data = blob.read_bytes()
@@ -179,35 +179,6 @@ def member_pieces(blob: Path) -> tuple[list[bytes], list[int]]:
     else:
         end = len(data) - 46
     reader = _native.GzipReader(io.BytesIO(data[:end]))
-    pieces: list[bytes] = []
-    sizes: list[int] = []
-    size = 0
-    buffer = bytearray(1 << 20)
-    while True:
-        n = reader.readinto(buffer)
-        if not n:
-            break
-        size += n
-        if reader.at_member_end:
-            pieces.append(data[reader.member_offset : reader.compressed_offset])
-            sizes.append(size)
-            size = 0
-    return pieces, sizes
-
-
-def member_contents(blob: Path) -> list[bytes]:
-    """The uncompressed content of every gzip member of a blob before its
-    TOC (or external-TOC footer): the pieces the writer compressed."""
-    from estargz import _native
-
-    data = blob.read_bytes()
-    tail = data[-51:]
-    if tail[12:14] == b"SG" and tail[32:38] == b"STARGZ":
-        end = int(tail[16:32], 16)
-    else:
-        end = len(data) - 46
-    reader = _native.GzipReader(io.BytesIO(data[:end]))
-    pieces: list[bytes] = []
     current = bytearray()
     buffer = bytearray(1 << 20)
     while True:
@@ -216,9 +187,25 @@ def member_contents(blob: Path) -> list[bytes]:
             break
         current += buffer[:n]
         if reader.at_member_end:
-            pieces.append(bytes(current))
+            yield data[reader.member_offset : reader.compressed_offset], bytes(current)
             current = bytearray()
-    return pieces
+
+
+def member_pieces(blob: Path) -> tuple[list[bytes], list[int]]:
+    """Every gzip member of a blob before its TOC, compressed, with its
+    uncompressed size: what a verifier inflates."""
+    pieces: list[bytes] = []
+    sizes: list[int] = []
+    for compressed, content in _members(blob):
+        pieces.append(compressed)
+        sizes.append(len(content))
+    return pieces, sizes
+
+
+def member_contents(blob: Path) -> list[bytes]:
+    """The uncompressed content of every gzip member of a blob before its
+    TOC: the pieces the writer compressed."""
+    return [content for _, content in _members(blob)]
 
 
 def stdlib_layer() -> Path:

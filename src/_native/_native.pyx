@@ -257,8 +257,26 @@ cdef int renew_deflate(zng_stream *strm, int level) noexcept nogil:
     Z_FINISH) are unaffected and keep the cheap reset.
     """
     zng_deflateEnd(strm)
+    return init_deflate(strm, level)
+
+
+cdef int init_deflate(zng_stream *strm, int level) noexcept nogil:
+    """A fresh raw deflate state in ``strm`` (whatever it held is dropped)."""
     memset(strm, 0, sizeof(zng_stream))
     return zng_deflateInit2(strm, level, Z_DEFLATED, RAW_WINDOW, 8, Z_DEFAULT_STRATEGY)
+
+
+cdef int start_deflate(zng_stream *strm, bint *ready, int level) except -1:
+    """(Re)initialise an object's deflate state; ``ready`` says it holds one."""
+    cdef int ret
+    if ready[0]:
+        zng_deflateEnd(strm)
+        ready[0] = False
+    ret = init_deflate(strm, level)
+    if ret != Z_OK:
+        raise make_error(ret, "deflate init", 0, strm.msg)
+    ready[0] = True
+    return 0
 
 
 cdef object make_error(int status, str context, uint64_t offset, const char *zmsg):
@@ -431,20 +449,11 @@ cdef class MemberCompressor:
         memset(&self.strm, 0, sizeof(zng_stream))
 
     def __init__(self, int level=9):
-        cdef int ret
         check_level(level)
         enter(&self.busy)
         try:
-            if self.ready:
-                zng_deflateEnd(&self.strm)
-                self.ready = False
-                memset(&self.strm, 0, sizeof(zng_stream))
-            ret = zng_deflateInit2(&self.strm, level, Z_DEFLATED, RAW_WINDOW, 8,
-                                   Z_DEFAULT_STRATEGY)
-            if ret != Z_OK:
-                raise make_error(ret, "deflate init", 0, self.strm.msg)
+            start_deflate(&self.strm, &self.ready, level)
             self.level = level
-            self.ready = True
         finally:
             self.busy = False
 
@@ -754,20 +763,11 @@ cdef class MemberWriter:
         memset(&self.strm, 0, sizeof(zng_stream))
 
     def __init__(self, int level=9):
-        cdef int ret
         check_level(level)
         enter(&self.busy)
         try:
-            if self.ready:
-                zng_deflateEnd(&self.strm)
-                self.ready = False
-                memset(&self.strm, 0, sizeof(zng_stream))
-            ret = zng_deflateInit2(&self.strm, level, Z_DEFLATED, RAW_WINDOW, 8,
-                                   Z_DEFAULT_STRATEGY)
-            if ret != Z_OK:
-                raise make_error(ret, "deflate init", 0, self.strm.msg)
+            start_deflate(&self.strm, &self.ready, level)
             self.level = level
-            self.ready = True
         finally:
             self.busy = False
 

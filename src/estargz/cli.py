@@ -112,22 +112,25 @@ def _prioritized(args: argparse.Namespace) -> tuple[list[str], bool]:
     return paths, allow
 
 
+def _layer_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The layer options `convert` and `image convert` share."""
+    paths, allow = _prioritized(args)
+    return {
+        "compression_level": args.compression_level,
+        "chunk_size": args.chunk_size,
+        "min_chunk_size": args.min_chunk_size,
+        "prioritized_files": paths,
+        "allow_missing_prioritized": allow,
+        "external_toc": args.external_toc,
+        "keep_diff_id": args.keep_diff_id,
+        "threads": args.threads,
+    }
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from estargz.writer import convert
 
-    paths, allow = _prioritized(args)
-    result = convert(
-        args.input,
-        args.output,
-        compression_level=args.compression_level,
-        chunk_size=args.chunk_size,
-        min_chunk_size=args.min_chunk_size,
-        prioritized_files=paths,
-        allow_missing_prioritized=allow,
-        external_toc=args.external_toc,
-        keep_diff_id=args.keep_diff_id,
-        threads=args.threads,
-    )
+    result = convert(args.input, args.output, **_layer_options(args))
     stream = sys.stderr if args.output == "-" else sys.stdout
     if args.json:
         print(json.dumps(result.to_json()), file=stream)
@@ -362,7 +365,7 @@ def _cmd_unpack(args: argparse.Namespace) -> int:
 def _cmd_image_convert(args: argparse.Namespace) -> int:
     from estargz.image import convert_image
 
-    paths, allow = _prioritized(args)
+    options = _layer_options(args)
     credentials = None
     if args.creds:
         user, sep, password = args.creds.partition(":")
@@ -373,17 +376,10 @@ def _cmd_image_convert(args: argparse.Namespace) -> int:
     report = convert_image(
         args.source,
         args.destination,
-        compression_level=args.compression_level,
-        chunk_size=args.chunk_size,
-        min_chunk_size=args.min_chunk_size,
-        prioritized_files=paths,
-        allow_missing_prioritized=allow,
-        external_toc=args.external_toc,
-        keep_diff_id=args.keep_diff_id,
+        **options,
         oci=args.oci,
         platforms=args.platform,
         all_platforms=args.all_platforms,
-        threads=args.threads,
         plain_http=args.plain_http,
         credentials=credentials,
         progress=progress,

@@ -48,6 +48,18 @@ def test_all_lists_the_public_names() -> None:
         assert hasattr(estargz, name), name
 
 
+def test_dir_shows_the_lazily_imported_names() -> None:
+    # A fresh interpreter: nothing imported on first use yet.
+    import subprocess
+    import sys
+
+    code = "import estargz; print(sorted(set(estargz.__all__) - set(dir(estargz))))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
 def test_one_exception_tree() -> None:
     for name in errors.__all__:
         cls = getattr(errors, name)

@@ -134,6 +134,7 @@ def test_bad_arguments(tmp_path: Path) -> None:
     assert (
         result.returncode == 2
         and b"--keep-diff-id needs --external-toc" in result.stderr
+        and result.stderr.startswith(b"usage: estargz convert ")
     )
     result = estargz("convert", str(INPUT), str(INPUT), check=False)
     assert (
